@@ -1,0 +1,95 @@
+"""MixEncoderConfig: every hyper-parameter of the model, as one JSON-serialisable dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Strategy = Literal["S", "C"]
+Similarity = Literal["dot", "cosine"]
+
+
+@dataclass
+class MixEncoderConfig:
+    """Configuration of a :class:`~mixencoder.MixEncoder`.
+
+    Attributes:
+        backbone: name or directory the backbone was first loaded from (informational once saved:
+            a saved model carries its own backbone weights and ``backbone_config``).
+        k: number of context embeddings per candidate (the paper's k).
+        strategy: ``"S"`` (k learned special tokens replace [CLS]; the paper's default) or ``"C"``
+            (k learned context codes attend over the candidate's last-layer token states).
+        interaction_layers: 1-based backbone layers at which candidates attend over the query.
+            ``None`` means the last layer only (MixEncoder-a); the last three is MixEncoder-b.
+        similarity: ``"cosine"`` (the paper's text) or ``"dot"`` (the authors' released code).
+        scale: multiplier on cosine scores (a temperature for in-batch softmax training).
+        learnable_scale: train ``scale`` as a parameter.
+        pooled_residual: our addition, off in the paper. The score compares
+            ``qbar + alpha * h`` with ``cbar + beta * mean(E)``, where ``qbar``/``cbar`` are the
+            backbone's mean-pooled query/candidate embeddings and ``alpha = beta = 0`` at
+            initialisation, so an untrained model scores exactly like the backbone used as a dual
+            encoder (what a mean-pooled sentence encoder such as all-MiniLM already knows) and
+            training adds the interaction on top instead of starting from random scores.
+        num_labels: size of the classifier head over ``[h; e; |h - e|]`` (3 for NLI, 0: none).
+        query_max_length: query truncation, in tokens.
+        candidate_max_length: candidate truncation, in tokens (the k special tokens included).
+        backbone_config: the backbone's own config dict, filled in by the model; lets a saved
+            model rebuild its backbone without the original files.
+    """
+
+    backbone: str = "all-MiniLM-L6-v2"
+    k: int = 1
+    strategy: Strategy = "S"
+    interaction_layers: list[int] | None = None
+    similarity: Similarity = "cosine"
+    scale: float = 20.0
+    learnable_scale: bool = False
+    pooled_residual: bool = True
+    num_labels: int = 0
+    query_max_length: int = 32
+    candidate_max_length: int = 180
+    backbone_config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1 context embeddings, got {self.k}")
+        if self.strategy not in ("S", "C"):
+            raise ValueError(f"strategy must be 'S' or 'C', got {self.strategy!r}")
+        if self.similarity not in ("dot", "cosine"):
+            raise ValueError(f"similarity must be 'dot' or 'cosine', got {self.similarity!r}")
+        if self.strategy == "S" and self.candidate_max_length <= self.k + 1:
+            raise ValueError(
+                f"candidate_max_length={self.candidate_max_length} leaves no room for text "
+                f"after k={self.k} special tokens"
+            )
+        if self.interaction_layers is not None:
+            self.interaction_layers = sorted(int(j) for j in self.interaction_layers)
+            if not self.interaction_layers or len(set(self.interaction_layers)) != len(
+                self.interaction_layers
+            ):
+                raise ValueError(
+                    f"interaction_layers must be distinct layer numbers, got "
+                    f"{self.interaction_layers}"
+                )
+
+    def resolved_layers(self, num_layers: int) -> list[int]:
+        """The interaction layers as 1-based layer numbers, checked against the backbone depth."""
+        layers = self.interaction_layers or [num_layers]
+        bad = [j for j in layers if not 1 <= j <= num_layers]
+        if bad:
+            raise ValueError(
+                f"interaction_layers {bad} outside the backbone's layers 1..{num_layers}"
+            )
+        return layers
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MixEncoderConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown MixEncoderConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**data)

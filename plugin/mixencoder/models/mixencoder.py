@@ -1,0 +1,539 @@
+"""MixEncoder (Wang et al., "Once is Enough"): light cross-attention from candidates to the query.
+
+Offline, each candidate becomes k context embeddings ``E0`` (plus a mean-pooled vector).
+Online, the query is encoded once by the backbone and its keys/values are kept at the
+interaction layers; at each one, every candidate's E attends over [its own k rows; the query]
+(Eq. 1) and a pooled row attends over the query to update a gated query state H (Eq. 2).
+The score compares H with mean(E).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import functional as MF
+from .backbone import bert_layers, default_backbone_path
+from .base import CandidateReps
+from .config import MixEncoderConfig
+
+logger = logging.getLogger(__name__)
+
+MODEL_TYPE = "mixencoder"
+FORMAT_VERSION = 1
+SCORE_CHUNK = 1024  # candidates scored per step; any value gives the same scores
+
+
+@dataclass
+class QueryState:
+    """A batch of encoded queries: what the interaction layers read, computed once per query.
+
+    Attributes:
+        keys, values: per interaction layer, ``(B, q, H, dh)`` from that layer's own projections.
+        mask: ``(B, q)`` bool, true on real tokens.
+        pooled: ``(B, d)`` mean-pooled last-layer states (the dual-encoder query vector).
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    mask: torch.Tensor
+    pooled: torch.Tensor
+
+
+def _copy(module: nn.Module) -> nn.Module:
+    # Copies, not ties: the interaction modules start from the layer's weights and then train
+    # apart from the backbone, which keeps encoding queries and candidates.
+    return copy.deepcopy(module)
+
+
+class FeedForward(nn.Module):
+    """BERT's feed-forward block ``LN(W2 act(W1 x) + x)``, copied from a backbone layer."""
+
+    def __init__(self, layer: nn.Module, dropout: float):
+        super().__init__()
+        self.fc_in = _copy(layer.intermediate.dense)
+        self.act = layer.intermediate.intermediate_act_fn
+        self.fc_out = _copy(layer.output.dense)
+        self.norm = _copy(layer.output.LayerNorm)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.dropout(self.fc_out(self.act(self.fc_in(x))), self.dropout, self.training)
+        return self.norm(y + x)
+
+
+class InteractionLayer(nn.Module):
+    """One interaction layer j: Eq. 1 updates E, Eq. 2 updates H. Weights start as layer j's."""
+
+    def __init__(self, layer: nn.Module, num_heads: int, dropout: float):
+        super().__init__()
+        attn = layer.attention
+        d = attn.self.query.in_features
+        self.num_heads = num_heads
+        self.dropout = dropout
+        # Eq. 1: candidate rows -> Q', K', V'; then the attention-output and feed-forward blocks.
+        self.query = _copy(attn.self.query)
+        self.key = _copy(attn.self.key)
+        self.value = _copy(attn.self.value)
+        self.attn_out = _copy(attn.output.dense)
+        self.attn_norm = _copy(attn.output.LayerNorm)
+        self.ffn = FeedForward(layer, dropout)
+        # Eq. 2: pooled E -> Q*; attention over the query; dense; gate; LayerNorm; feed-forward.
+        self.h_query = _copy(attn.self.query)
+        self.h_dense = _copy(attn.output.dense)
+        self.h_norm = _copy(attn.output.LayerNorm)
+        self.h_ffn = FeedForward(layer, dropout)
+        self.gate = nn.Linear(3 * d, d)
+
+    def forward(
+        self,
+        e: torch.Tensor,  # (B, C, k, d)
+        h: torch.Tensor,  # (B, C, d)
+        k_query: torch.Tensor,  # (B, q, H, dh)
+        v_query: torch.Tensor,  # (B, q, H, dh)
+        query_mask: torch.Tensor,  # (B, q)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        nh = self.num_heads
+        # Eq. 1: E_j = Attn(Q', [K'; K_j], [V'; V_j]), then the layer's output blocks.
+        ctx = MF.candidate_query_attention(
+            MF.split_heads(self.query(e), nh),
+            MF.split_heads(self.key(e), nh),
+            MF.split_heads(self.value(e), nh),
+            k_query,
+            v_query,
+            query_mask,
+        )
+        a = F.dropout(self.attn_out(MF.merge_heads(ctx)), self.dropout, self.training)
+        e_new = self.ffn(self.attn_norm(a + e))  # (B, C, k, d)
+
+        # Eq. 2: H_j = Gate(Attn(Q*, K_j, V_j), H_{j-1}) with Q* from mean(E_{j-1}).
+        e_bar = e.mean(dim=2)  # (B, C, d)
+        ctx_h = MF.pooled_query_attention(
+            MF.split_heads(self.h_query(e_bar), nh), k_query, v_query, query_mask
+        )
+        new = F.dropout(self.h_dense(MF.merge_heads(ctx_h)), self.dropout, self.training)
+        gated = MF.gated_update(self.gate(torch.cat([e_bar, new, h], dim=-1)), new, h)
+        h_new = self.h_ffn(self.h_norm(gated))  # (B, C, d)
+        return e_new, h_new
+
+
+class MixEncoder(nn.Module):
+    """MixEncoder over any BERT-family encoder; implements the :class:`~mixencoder.models.Scorer`
+    protocol (encode candidates offline, encode the query once, score).
+
+    Example:
+        >>> model = MixEncoder.from_pretrained()  # bundled all-MiniLM-L6-v2, offline
+        >>> model.score_texts("what is a lobster roll", ["A lobster roll is a sandwich.", "Rain."])
+    """
+
+    def __init__(self, config: MixEncoderConfig, backbone: nn.Module, tokenizer: Any):
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        bcfg = backbone.config
+        config.backbone_config = bcfg.to_dict()
+        layers = bert_layers(backbone)
+        self.layer_ids = config.resolved_layers(len(layers))
+        d = bcfg.hidden_size
+        self.hidden_size = d
+        self.num_heads = bcfg.num_attention_heads
+        dropout = float(getattr(bcfg, "hidden_dropout_prob", 0.1))
+
+        word_embeddings = backbone.get_input_embeddings().weight
+        if config.strategy == "S":
+            # Start every special token at the [CLS] embedding: with k = 1 the untrained
+            # candidate forward is then exactly the backbone's own forward over the text.
+            cls_id = tokenizer.cls_token_id
+            self.special_embeddings = nn.Parameter(
+                word_embeddings[cls_id].detach().clone().repeat(config.k, 1)
+            )
+        else:
+            # Near-zero codes attend almost uniformly, so each context embedding starts as
+            # (nearly) the mean-pooled candidate; the noise lets the k codes diverge.
+            gen = torch.Generator().manual_seed(0)
+            self.context_codes = nn.Parameter(torch.randn(config.k, d, generator=gen) * 0.02)
+
+        self.interaction = nn.ModuleList(
+            InteractionLayer(layers[j - 1], self.num_heads, dropout) for j in self.layer_ids
+        )
+        if config.pooled_residual:
+            self.alpha = nn.Parameter(torch.zeros(()))
+            self.beta = nn.Parameter(torch.zeros(()))
+        log_scale = torch.tensor(math.log(config.scale), dtype=torch.float32)
+        if config.learnable_scale:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+        self.classifier = nn.Linear(3 * d, config.num_labels) if config.num_labels else None
+
+    # ------------------------------------------------------------------ loading and saving
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | os.PathLike | None = None, **config: Any) -> MixEncoder:
+        """Load a saved MixEncoder, or build a fresh one on top of a backbone.
+
+        Args:
+            name_or_dir: a directory written by :meth:`save_pretrained`; or a backbone (hub name
+                such as ``bert-base-uncased`` or a local BERT directory); ``None`` for the bundled
+                all-MiniLM-L6-v2, which loads offline.
+            **config: :class:`MixEncoderConfig` fields (for a fresh model), e.g. ``k=2``.
+
+        Returns:
+            The model, in eval mode.
+        """
+        from transformers import AutoModel, AutoTokenizer
+
+        path = default_backbone_path() if name_or_dir is None else name_or_dir
+        saved = Path(path) / "config.json"
+        if saved.is_file():
+            data = _read_json(saved)
+            if data.get("model_type") == MODEL_TYPE:
+                if config:
+                    raise ValueError(
+                        f"{path} is a saved MixEncoder; its config cannot be overridden "
+                        f"({sorted(config)}); build a fresh model from a backbone instead"
+                    )
+                return cls._load_saved(Path(path), data)
+        backbone = AutoModel.from_pretrained(str(path), add_pooling_layer=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        name = "all-MiniLM-L6-v2" if name_or_dir is None else str(name_or_dir)
+        model = cls(MixEncoderConfig(backbone=name, **config), backbone, tokenizer)
+        return model.eval()
+
+    @classmethod
+    def _load_saved(cls, path: Path, data: dict[str, Any]) -> MixEncoder:
+        from safetensors.torch import load_file
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        version = data.get("format_version", 0)
+        if version > FORMAT_VERSION:
+            logger.warning(
+                "%s was written by a newer mixencoder (format %s > %s); loading may fail",
+                path, version, FORMAT_VERSION,
+            )
+        config = MixEncoderConfig.from_dict(data["config"])
+        bcfg = dict(config.backbone_config)
+        backbone_type = bcfg.pop("model_type")
+        backbone = AutoModel.from_config(AutoConfig.for_model(backbone_type, **bcfg), add_pooling_layer=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = cls(config, backbone, tokenizer)
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights} is missing; the saved model is incomplete")
+        try:
+            state = load_file(str(weights))
+        except Exception as e:  # safetensors raises its own error types
+            raise ValueError(f"{weights} is not a readable safetensors file: {e}") from e
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{weights} does not match its config.json: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+        return model.eval()
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json``, ``model.safetensors`` and the tokenizer files (no pickles).
+
+        Each file is written to a temporary name and renamed, so an interrupted save never
+        leaves a half-written file under the final name.
+        """
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        tmp = out / ".model.safetensors.tmp"
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, out / "model.safetensors")
+        self.tokenizer.save_pretrained(str(out))
+        data = {
+            "model_type": MODEL_TYPE,
+            "format_version": FORMAT_VERSION,
+            "mixencoder_version": _package_version(),
+            "config": self.config.to_dict(),
+        }
+        _write_json_atomic(out / "config.json", data)
+
+    # ------------------------------------------------------------------ tokenisation
+
+    @property
+    def device(self) -> torch.device:
+        return self.special_or_codes.device
+
+    @property
+    def special_or_codes(self) -> torch.Tensor:
+        return self.special_embeddings if self.config.strategy == "S" else self.context_codes
+
+    def tokenize_queries(self, queries: Sequence[str]) -> dict[str, torch.Tensor]:
+        _check_texts(queries, "query")
+        return self._tokenize(queries, self.config.query_max_length)
+
+    def tokenize_candidates(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        # The S strategy puts k special tokens where [CLS] was: k - 1 extra positions.
+        extra = self.config.k - 1 if self.config.strategy == "S" else 0
+        return self._tokenize(texts, self.config.candidate_max_length - extra)
+
+    def _tokenize(self, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        return {
+            "input_ids": enc["input_ids"].to(self.device),
+            "attention_mask": enc["attention_mask"].to(self.device),
+        }
+
+    # ------------------------------------------------------------------ training path (grads)
+
+    def encode_candidates_torch(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidates -> ``(E0 (C, k, d), pooled (C, d))``, differentiable."""
+        k = self.config.k
+        if self.config.strategy == "S":
+            words = self.backbone.get_input_embeddings()(input_ids[:, 1:])  # drop [CLS]
+            special = self.special_embeddings.unsqueeze(0).expand(input_ids.shape[0], -1, -1)
+            inputs = torch.cat([special.to(words.dtype), words], dim=1)  # (C, k + L - 1, d)
+            mask = torch.cat([attention_mask.new_ones(input_ids.shape[0], k), attention_mask[:, 1:]], 1)
+            states = self._backbone(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
+            e0 = states[:, :k]
+        else:
+            mask = attention_mask
+            states = self._backbone(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            logits = torch.einsum("kd,cld->ckl", self.context_codes, states)
+            logits = logits.masked_fill(~mask.bool()[:, None, :], torch.finfo(logits.dtype).min)
+            e0 = torch.softmax(logits, dim=-1) @ states  # (C, k, d)
+        return e0, MF.mean_pool(states, mask.bool())
+
+    def encode_queries_torch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> QueryState:
+        """Queries -> :class:`QueryState`, differentiable. One backbone pass per query batch."""
+        out = self._backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        layers = self.backbone.encoder.layer
+        keys, values = [], []
+        for j in self.layer_ids:
+            x = out.hidden_states[j - 1]  # the input of layer j (1-based)
+            attn = layers[j - 1].attention.self
+            keys.append(MF.split_heads(attn.key(x), self.num_heads))
+            values.append(MF.split_heads(attn.value(x), self.num_heads))
+        mask = attention_mask.bool()
+        return QueryState(keys, values, mask, MF.mean_pool(out.last_hidden_state, mask))
+
+    def interact(self, query: QueryState, e0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the interaction layers. ``e0`` is ``(B, C, k, d)``: candidate c of query b.
+
+        Returns ``(h, e)``, both ``(B, C, d)``: the candidate-aware query state and mean(E).
+        """
+        e = e0
+        h = e0.new_zeros(e0.shape[:2] + e0.shape[-1:])  # H_0 = 0
+        for layer, k_q, v_q in zip(self.interaction, query.keys, query.values):
+            e, h = layer(e, h, k_q, v_q, query.mask)
+        return h, e.mean(dim=2)
+
+    def head_vectors(
+        self, query: QueryState, e0: torch.Tensor, cand_pooled: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two vectors the heads compare, ``(B, C, d)`` each (``e0`` as in :meth:`interact`)."""
+        h, e = self.interact(query, e0)
+        if self.config.pooled_residual:
+            if cand_pooled is None:
+                raise ValueError(
+                    "this model (pooled_residual=True) needs the candidates' pooled vectors; "
+                    "build the store with with_pooled=True"
+                )
+            h = query.pooled[:, None, :] + self.alpha * h
+            e = cand_pooled + self.beta * e
+        return h, e
+
+    def similarity(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        return MF.similarity(h, e, self.config.similarity, self.log_scale.exp())
+
+    def forward(
+        self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Training path: ``(B, C)`` scores of every candidate for every query (in-batch
+        negatives), with gradients. Inputs are :meth:`tokenize_queries` /
+        :meth:`tokenize_candidates` outputs."""
+        query = self.encode_queries_torch(**queries)
+        e0, pooled = self.encode_candidates_torch(**candidates)
+        b = query.mask.shape[0]
+        h, e = self.head_vectors(query, e0.unsqueeze(0).expand(b, -1, -1, -1), pooled.unsqueeze(0))
+        return self.similarity(h, e)
+
+    def classify_torch(
+        self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Training path for pair classification (NLI): ``(B, num_labels)`` logits of the
+        aligned pairs (query i, candidate i), over ``[h; e; |h - e|]``."""
+        if self.classifier is None:
+            raise ValueError("this model has no classifier head; build it with num_labels > 0")
+        query = self.encode_queries_torch(**queries)
+        e0, pooled = self.encode_candidates_torch(**candidates)
+        h, e = self.head_vectors(query, e0.unsqueeze(1), pooled.unsqueeze(1))
+        return self.classifier(MF.pair_features(h, e))[:, 0]
+
+    def _backbone(self, **kwargs: Any) -> Any:
+        return self.backbone(**kwargs)
+
+    # ------------------------------------------------------------------ inference (Scorer)
+
+    def candidate_fingerprint(self) -> dict[str, Any]:
+        """Identity of everything that shapes the stored reps (see ``Scorer``)."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.backbone.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(self.special_or_codes.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(_tokenizer_bytes(self.tokenizer))
+        return {
+            "model_type": MODEL_TYPE,
+            "strategy": self.config.strategy,
+            "k": self.config.k,
+            "dim": self.hidden_size,
+            "candidate_max_length": self.config.candidate_max_length,
+            "sha256": digest.hexdigest(),
+        }
+
+    @torch.inference_mode()
+    def encode_candidates(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+    ) -> CandidateReps:
+        """Offline: ``texts`` -> :class:`CandidateReps` with ``vectors (n, k, d)`` and
+        ``pooled (n, d)``. Texts are batched by length (less padding) and returned in order."""
+        self.eval()
+        _check_texts(texts, "candidate", allow_empty_list=True)
+        texts = list(texts)
+        d, k = self.hidden_size, self.config.k
+        vectors = torch.empty(len(texts), k, d)
+        pooled = torch.empty(len(texts), d)
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        show = _show_progress(show_progress_bar)
+        for start in tqdm(range(0, len(texts), batch_size), desc="Encoding candidates", disable=not show):
+            idx = order[start : start + batch_size]
+            e0, p = self.encode_candidates_torch(**self.tokenize_candidates([texts[i] for i in idx]))
+            vectors[torch.from_numpy(idx)] = e0.float().cpu()
+            pooled[torch.from_numpy(idx)] = p.float().cpu()
+        return CandidateReps(vectors, torch.full((len(texts),), k, dtype=torch.int64), pooled)
+
+    @torch.inference_mode()
+    def encode_query(self, query: str) -> QueryState:
+        """Online: encode one query, once, independent of its candidates."""
+        self.eval()
+        return self.encode_queries_torch(**self.tokenize_queries([query]))
+
+    @torch.inference_mode()
+    def encode_queries_pooled(self, queries: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+        """``(n, d)`` mean-pooled query vectors: the dual-encoder side matching the stored
+        pooled candidate vectors (for dense first-stage search)."""
+        self.eval()
+        out = [
+            self.encode_queries_torch(**self.tokenize_queries(queries[i : i + batch_size])).pooled
+            for i in range(0, len(queries), batch_size)
+        ]
+        return torch.cat(out).float().cpu().numpy() if out else np.zeros((0, self.hidden_size), np.float32)
+
+    @torch.inference_mode()
+    def score(self, query_state: QueryState, reps: CandidateReps) -> torch.Tensor:
+        """Online: ``(n,)`` scores of the candidates in ``reps`` for one encoded query."""
+        self.eval()
+        if query_state.mask.shape[0] != 1:
+            raise ValueError("score() takes one encoded query; use forward() for batches")
+        k = self.config.k
+        if reps.vectors.shape[-1] != self.hidden_size or bool((reps.lengths != k).any()):
+            raise ValueError(
+                f"candidate reps of shape {tuple(reps.vectors.shape)} do not fit this model "
+                f"(k={k}, d={self.hidden_size}); were they stored by another model?"
+            )
+        out = []
+        for start in range(0, len(reps), SCORE_CHUNK):
+            e0 = reps.vectors[start : start + SCORE_CHUNK, :k].to(self.device, torch.float32)
+            pooled = None if reps.pooled is None else reps.pooled[start : start + SCORE_CHUNK].to(self.device)
+            h, e = self.head_vectors(query_state, e0.unsqueeze(0), None if pooled is None else pooled.unsqueeze(0))
+            out.append(self.similarity(h, e)[0].float().cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def score_texts(self, query: str, texts: Sequence[str], *, batch_size: int = 32) -> list[float]:
+        """Direct scoring, no store: encode the candidates, then score them for ``query``."""
+        reps = self.encode_candidates(texts, batch_size=batch_size, show_progress_bar=False)
+        return self.score(self.encode_query(query), reps).tolist()
+
+    @torch.inference_mode()
+    def predict(self, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32) -> np.ndarray:
+        """Classifier probabilities ``(n, num_labels)`` for (premise, hypothesis) pairs."""
+        self.eval()
+        out = []
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i : i + batch_size]
+            logits = self.classify_torch(
+                self.tokenize_queries([p for p, _ in chunk]),
+                self.tokenize_candidates([c for _, c in chunk]),
+            )
+            out.append(torch.softmax(logits.float(), -1).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, self.config.num_labels), np.float32)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _check_texts(texts: Sequence[str], what: str, allow_empty_list: bool = False) -> None:
+    if isinstance(texts, str):
+        raise TypeError(f"expected a list of {what} texts, got a single string")
+    if not texts and not allow_empty_list:
+        raise ValueError(f"no {what} texts given")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"{what} text {i} is {type(t).__name__}, not str")
+        if not t.strip():
+            raise ValueError(f"{what} text {i} is empty")
+
+
+def _show_progress(flag: bool | None) -> bool:
+    return logger.getEffectiveLevel() <= logging.INFO if flag is None else flag
+
+
+def _tokenizer_bytes(tokenizer: Any) -> bytes:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return backend.to_str().encode()
+    return json.dumps(sorted(tokenizer.get_vocab().items())).encode()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mixencoder")
+    except PackageNotFoundError:
+        return "0+unknown"
