@@ -1,0 +1,269 @@
+"""The reranking stage: candidates in, (docid, score) out, best first.
+
+``Reranker`` gathers the candidates' precomputed reps from a :class:`~mixencoder.CandidateStore`
+(encoding on the fly only the docids the store lacks, when their text is available), encodes the
+query once and scores every candidate through the model's :class:`~mixencoder.models.Scorer`
+protocol. It knows no search engine: :mod:`mixencoder.search` wraps it around one.
+
+Also the run-file CLI: ``python -m mixencoder.rerank --run RUN --topics TOPICS --model DIR
+--store DIR --output OUT`` reads a TREC or MS MARCO run and writes the reranked run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .models.base import CandidateReps, Scorer
+
+logger = logging.getLogger(__name__)
+
+Run = dict[str, dict[str, float]]
+
+
+class RankedDoc(NamedTuple):
+    """One reranked candidate."""
+
+    docid: str
+    score: float
+
+
+class DocSource(Protocol):
+    """Anything that returns a document's text by docid, or None when it has none."""
+
+    def get(self, docid: str) -> str | None: ...
+
+
+def rank_order(docids: Sequence[str], scores: Sequence[float]) -> list[RankedDoc]:
+    """Sort best first, ties broken by docid, so runs are reproducible byte for byte."""
+    return [RankedDoc(d, float(s)) for s, d in sorted(zip(scores, docids), key=lambda x: (-x[0], x[1]))]
+
+
+class Reranker:
+    """Reranks a query's candidates with a model and (optionally) a store of their reps.
+
+    Args:
+        model: any :class:`~mixencoder.models.Scorer` (e.g. a :class:`~mixencoder.MixEncoder`).
+        store: a :class:`~mixencoder.CandidateStore` built by the same model; checked on
+            construction (a store built by another model is refused). ``None``: encode every
+            candidate from its text.
+        doc_source: where to fetch the text of a candidate the store lacks (anything with
+            ``get(docid) -> str | None``, e.g. a dict or :class:`~mixencoder.first_stage.BM25Searcher`
+            over an index built with stored raw documents).
+        batch_size: batch size for on-the-fly candidate encoding.
+
+    Example:
+        >>> reranker = Reranker(MixEncoder.from_pretrained(), CandidateStore.open("store"))
+        >>> reranker.rerank("what is a lobster roll", ["7067032", "7067034"])[0].docid
+    """
+
+    def __init__(
+        self,
+        model: Scorer,
+        store: Any | None = None,
+        doc_source: DocSource | Mapping[str, str] | None = None,
+        *,
+        batch_size: int = 32,
+    ):
+        if store is not None:
+            store.check_compatible(model)
+        self.model = model
+        self.store = store
+        self.doc_source = doc_source
+        self.batch_size = batch_size
+
+    def rerank(
+        self,
+        query: str,
+        docids: Sequence[str],
+        texts: Mapping[str, str] | Sequence[str] | None = None,
+    ) -> list[RankedDoc]:
+        """Score ``docids`` for ``query``; return them best first (ties by docid).
+
+        Args:
+            query: the query text (an empty query is a ValueError).
+            docids: candidate ids, without duplicates.
+            texts: optional texts of the candidates, as ``{docid: text}`` or a list aligned
+                with ``docids``; used only for docids the store lacks.
+
+        Raises:
+            ValueError: empty query, duplicate docids, or texts not aligned with docids.
+            KeyError: candidates that are neither in the store nor have a text, named.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"empty query: {query!r}; rerank needs query text")
+        docids = [str(d) for d in docids]
+        if not docids:
+            return []
+        if len(set(docids)) != len(docids):
+            seen: set[str] = set()
+            dups = sorted({d for d in docids if d in seen or seen.add(d)})
+            raise ValueError(f"{len(dups)} duplicate docids among the candidates: {dups[:10]}")
+        reps = self.candidate_reps(docids, texts)
+        scores = self.model.score(self.model.encode_query(query), reps)
+        return rank_order(docids, scores.tolist())
+
+    def candidate_reps(
+        self, docids: list[str], texts: Mapping[str, str] | Sequence[str] | None = None
+    ) -> CandidateReps:
+        """The candidates' reps in ``docids`` order: gathered from the store where present,
+        encoded from text otherwise."""
+        missing = docids if self.store is None else self.store.missing(docids)
+        if not missing:
+            return self.store.gather(docids)
+        text_of = self._texts_for(missing, docids, texts)
+        encoded = self.model.encode_candidates(
+            [text_of[d] for d in missing], batch_size=self.batch_size, show_progress_bar=False
+        )
+        if len(missing) == len(docids):
+            return encoded
+        logger.info("encoding %d of %d candidates that the store lacks", len(missing), len(docids))
+        missing_set = set(missing)
+        present = [d for d in docids if d not in missing_set]
+        stored = self.store.gather(present)
+        return _merge_in_order(docids, present, stored, missing, encoded)
+
+    def _texts_for(
+        self,
+        missing: list[str],
+        docids: list[str],
+        texts: Mapping[str, str] | Sequence[str] | None,
+    ) -> dict[str, str]:
+        given: Mapping[str, str] = {}
+        if texts is not None:
+            if isinstance(texts, Mapping):
+                given = texts
+            else:
+                if len(texts) != len(docids):
+                    raise ValueError(f"texts has {len(texts)} entries but there are {len(docids)} docids")
+                given = dict(zip(docids, texts))
+        found: dict[str, str] = {}
+        for d in missing:
+            text = given.get(d)
+            if text is None and self.doc_source is not None:
+                text = self.doc_source.get(d)
+            if text is not None:
+                found[d] = text
+        unknown = [d for d in missing if d not in found]
+        if unknown:
+            where = "the store" if self.store is not None else "a store (none given)"
+            raise KeyError(
+                f"{len(unknown)} candidate(s) are not in {where} and have no text to encode "
+                f"them from: {unknown[:10]}{' ...' if len(unknown) > 10 else ''}; pass texts= "
+                "or a doc_source, or add them to the store"
+            )
+        return found
+
+    def rerank_run(
+        self,
+        run: Run,
+        topics: Mapping[str, str],
+        *,
+        depth: int | None = None,
+        texts: Mapping[str, str] | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> Run:
+        """Rerank every query of a run (``{qid: {docid: score}}``), keeping its top ``depth``
+        first-stage candidates. A qid without a topic is a KeyError naming it."""
+        lacking = [qid for qid in run if qid not in topics]
+        if lacking:
+            raise KeyError(f"{len(lacking)} run queries have no topic text: {lacking[:10]}")
+        show = logger.getEffectiveLevel() <= logging.INFO if show_progress_bar is None else show_progress_bar
+        out: Run = {}
+        for qid in tqdm(run, desc="Reranking", disable=not show):
+            first = sorted(run[qid].items(), key=lambda x: (-x[1], x[0]))[:depth]
+            ranked = self.rerank(topics[qid], [d for d, _ in first], texts)
+            out[qid] = {r.docid: r.score for r in ranked}
+        return out
+
+
+def _merge_in_order(
+    docids: list[str], present: list[str], stored: CandidateReps, missing: list[str], encoded: CandidateReps
+) -> CandidateReps:
+    both = [*present, *missing]
+    position = {d: i for i, d in enumerate(both)}
+    index = torch.tensor([position[d] for d in docids])
+    m = max(stored.vectors.shape[1], encoded.vectors.shape[1])
+    vectors = torch.cat([_pad_to(stored.vectors, m), _pad_to(encoded.vectors, m)])
+    lengths = torch.cat([stored.lengths, encoded.lengths])
+    pooled = None
+    if stored.pooled is not None and encoded.pooled is not None:
+        pooled = torch.cat([stored.pooled, encoded.pooled.to(stored.pooled.dtype)])
+    return CandidateReps(vectors.float(), lengths, pooled).select(index)
+
+
+def _pad_to(vectors: torch.Tensor, m: int) -> torch.Tensor:
+    if vectors.shape[1] == m:
+        return vectors.float()
+    pad = vectors.new_zeros(vectors.shape[0], m - vectors.shape[1], vectors.shape[2])
+    return torch.cat([vectors, pad], dim=1).float()
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m mixencoder.rerank",
+        description="Rerank a TREC or MS MARCO run file with a MixEncoder and its candidate store.",
+    )
+    p.add_argument("--run", required=True, type=Path, help="first-stage run (TREC or MS MARCO format)")
+    p.add_argument("--topics", required=True, type=Path, help="queries (MS MARCO tsv or TREC topics)")
+    p.add_argument("--output", required=True, type=Path, help="where to write the reranked run")
+    p.add_argument("--model", default=None, help="saved MixEncoder dir or backbone (default: bundled MiniLM)")
+    p.add_argument("--store", type=Path, default=None, help="candidate store built by the same model")
+    p.add_argument("--index", type=Path, default=None, help="Lucene index with raw docs, for candidates missing from the store")
+    p.add_argument("--collection", type=Path, default=None, help="corpus file, for candidates missing from the store")
+    p.add_argument("--format", choices=["trec", "msmarco"], default="trec", help="output format")
+    p.add_argument("--depth", type=int, default=1000, help="candidates per query to rerank")
+    p.add_argument("--hits", type=int, default=None, help="hits per query to write (default: all reranked)")
+    p.add_argument("--tag", default="mixencoder", help="run tag (TREC format)")
+    p.add_argument("--batch-size", type=int, default=32)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m mixencoder.rerank``."""
+    from .data.corpus import read_corpus
+    from .data.runs import read_run, write_run
+    from .data.topics import read_topics
+    from .models import MixEncoder
+    from .store import CandidateStore
+
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    model = MixEncoder.from_pretrained(args.model)
+    store = CandidateStore.open(args.store) if args.store else None
+    doc_source: Any = None
+    if args.index is not None:
+        from .first_stage import BM25Searcher
+
+        doc_source = BM25Searcher(args.index)
+    elif args.collection is not None:
+        doc_source = {d.docid: d.text for d in read_corpus(args.collection)}
+    reranker = Reranker(model, store, doc_source, batch_size=args.batch_size)
+    run = read_run(args.run)
+    topics = read_topics(args.topics)
+    start = time.perf_counter()
+    reranked = reranker.rerank_run(run, topics, depth=args.depth)
+    seconds = time.perf_counter() - start
+    if args.hits is not None:
+        reranked = {q: dict(sorted(h.items(), key=lambda x: (-x[1], x[0]))[: args.hits]) for q, h in reranked.items()}
+    write_run(reranked, args.output, fmt=args.format, tag=args.tag)
+    n = sum(len(h) for h in run.values())
+    logger.info(
+        "reranked %d queries (%d candidates) in %.1f s: %.1f ms per query; wrote %s",
+        len(run), n, seconds, 1000 * seconds / max(len(run), 1), args.output,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
