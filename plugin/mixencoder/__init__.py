@@ -2,33 +2,38 @@
 
 Public API: :class:`MixEncoder` (the model), :class:`CandidateStore` (precomputed candidate
 reps on disk), :class:`Reranker` (the stage) and :class:`RerankingSearcher` (the drop-in for a
-Pyserini searcher). Pyserini and Java are only touched when a first-stage class is used.
+Pyserini searcher). Names load on first use, so ``import mixencoder.data`` pulls in neither
+torch nor FAISS, and Pyserini/Java are only touched by :mod:`mixencoder.first_stage`.
 """
 
 from __future__ import annotations
 
-from .models import CandidateReps, MixEncoder, MixEncoderConfig, Scorer
-from .rerank import RankedDoc, Reranker
-from .search import RerankedHit, RerankingSearcher
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "CandidateReps",
-    "CandidateStore",
-    "MixEncoder",
-    "MixEncoderConfig",
-    "RankedDoc",
-    "RerankedHit",
-    "Reranker",
-    "RerankingSearcher",
-    "Scorer",
-]
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    "CandidateReps": "mixencoder.models",
+    "MixEncoder": "mixencoder.models",
+    "MixEncoderConfig": "mixencoder.models",
+    "Scorer": "mixencoder.models",
+    "CandidateStore": "mixencoder.store",
+    "RankedDoc": "mixencoder.rerank",
+    "Reranker": "mixencoder.rerank",
+    "RerankedHit": "mixencoder.search",
+    "RerankingSearcher": "mixencoder.search",
+}
+__all__ = sorted(_EXPORTS)
 
-def __getattr__(name: str):
-    # The store imports FAISS; load it on first use so `import mixencoder` stays light.
-    if name == "CandidateStore":
-        from .store import CandidateStore
+if TYPE_CHECKING:
+    from .models import CandidateReps, MixEncoder, MixEncoderConfig, Scorer
+    from .rerank import RankedDoc, Reranker
+    from .search import RerankedHit, RerankingSearcher
+    from .store import CandidateStore
 
-        return CandidateStore
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'mixencoder' has no attribute {name!r}")

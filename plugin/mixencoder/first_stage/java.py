@@ -232,6 +232,11 @@ def _check_running_jvm(requested: Path | None, jar: str) -> str:
     return home
 
 
+def configured_java_home() -> str | None:
+    """Returns the Java home :func:`configure_java` set up in this process, or None if not yet."""
+    return _configured_home
+
+
 def configure_java(java_home: str | None = None) -> str:
     """Makes Pyserini usable in this process: picks a Java 21+ runtime and starts the JVM.
 
@@ -290,7 +295,12 @@ def configure_java(java_home: str | None = None) -> str:
         )
         # Importing jnius loads libjvm (found via JAVA_HOME) and starts the JVM now, with our
         # options; Pyserini's own add_options call then fails and is swallowed by pyserini.
-        import jnius  # noqa: F401
+        try:
+            import jnius  # noqa: F401
+        except Exception as exc:  # pyjnius reports JVM start failures in assorted types
+            raise RuntimeError(
+                f"Could not start the JVM from {home} with options {options}: {exc}"
+            ) from exc
 
         _configured_home = _check_running_jvm(home, jar)
         return _configured_home
