@@ -1,0 +1,487 @@
+"""The training loop: AdamW, linear warm-up/decay, clipping, checkpoints, exact resume.
+
+The pieces are split so that DistributedDataParallel can be added without a rewrite:
+
+* :func:`collate_matching` / :func:`collate_pairs` turn examples into a tokenised batch;
+* :func:`train_step` computes one batch's loss from a (possibly wrapped) model, nothing else;
+* :func:`train` owns the data order, optimizer, schedule, precision, checkpoints and budget.
+
+Determinism: the data order of epoch e is a permutation drawn from ``(seed, e)``, hard negatives
+of batch b from ``(seed, e, b)``, and the torch/numpy/python RNG states (dropout) travel in the
+checkpoint, so a run interrupted and resumed ends with the same weights as one run straight
+through (on the same device and thread count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from ..models import MixEncoder
+from .checkpoint import (
+    TrainerState,
+    checkpoint_dir,
+    data_fingerprint,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from .config import TrainingConfig
+from .examples import MatchingExample, PairExample
+from .losses import classification_loss, in_batch_negatives_loss
+
+logger = logging.getLogger(__name__)
+
+FINAL_NAME = "final"
+
+
+@dataclass
+class MatchingBatch:
+    """A tokenised matching batch.
+
+    Attributes:
+        queries: :meth:`MixEncoder.tokenize_queries` output for the B queries.
+        candidates: tokenised ``B + B*h`` candidates: the B positives, then each query's h hard
+            negatives in query order.
+        query_ids: per query, its id (or its text) for same-query masking.
+        positive_ids: per query, its positive's id (or text) for same-positive masking.
+    """
+
+    queries: dict[str, torch.Tensor]
+    candidates: dict[str, torch.Tensor]
+    query_ids: list[str]
+    positive_ids: list[str]
+
+
+@dataclass
+class PairBatch:
+    """A tokenised pair-classification batch (premises as queries, hypotheses as candidates)."""
+
+    queries: dict[str, torch.Tensor]
+    candidates: dict[str, torch.Tensor]
+    labels: torch.Tensor
+
+
+Batch = Union[MatchingBatch, PairBatch]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did.
+
+    Attributes:
+        global_step: optimisation steps done in total (across resumes).
+        epoch: the epoch the run stands in (0-based; equals ``epochs`` after a full run).
+        stopped_reason: ``"completed"`` (planned steps done) or ``"max_seconds"``.
+        losses: the loss of each step run by this invocation.
+        output_dir: the run's directory.
+        final_dir: where the final model was saved (``output_dir/final``).
+        checkpoint_dir: the resumable checkpoint (``output_dir/checkpoint-latest``).
+        resumed_from_step: the step a checkpoint was resumed from, or ``None``.
+        seconds: wall-clock seconds of this invocation's training loop.
+        steps_per_second: steps of this invocation divided by ``seconds``.
+    """
+
+    global_step: int
+    epoch: int
+    stopped_reason: str
+    output_dir: Path
+    final_dir: Path
+    checkpoint_dir: Path
+    losses: list[float] = field(default_factory=list)
+    resumed_from_step: int | None = None
+    seconds: float = 0.0
+    steps_per_second: float = 0.0
+
+
+# ---------------------------------------------------------------------- batches and the step
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The example order of one epoch: a permutation of ``range(n)`` fixed by (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """Full batches per epoch; the partial tail is dropped (in-batch negatives want full
+    batches), and a set smaller than one batch makes a single smaller batch."""
+    return max(1, n // batch_size)
+
+
+def collate_matching(
+    model: MixEncoder,
+    examples: Sequence[MatchingExample],
+    hard_negatives: int = 0,
+    rng: np.random.Generator | None = None,
+) -> MatchingBatch:
+    """Tokenises matching examples into the ``B x (B + B*h)`` layout of the in-batch loss.
+
+    Each query contributes exactly ``hard_negatives`` negatives: all of them, in order, when it
+    has exactly that many; drawn without replacement by ``rng`` when it has more; cycled when it
+    has fewer (so that the score matrix keeps its fixed layout).
+    """
+    rng = rng if rng is not None else np.random.default_rng(0)
+    candidates = [ex.positive for ex in examples]
+    for ex in examples:
+        if not hard_negatives:
+            break
+        negs = ex.negatives
+        if not negs:
+            raise ValueError(
+                f"hard_negatives_per_query={hard_negatives} but the example for query "
+                f"{ex.query[:60]!r} has no negatives"
+            )
+        if len(negs) == hard_negatives:
+            candidates.extend(negs)
+        elif len(negs) > hard_negatives:
+            picked = rng.choice(len(negs), size=hard_negatives, replace=False)
+            candidates.extend(negs[int(i)] for i in picked)
+        else:
+            order = rng.permutation(len(negs))
+            candidates.extend(negs[int(order[i % len(negs)])] for i in range(hard_negatives))
+    return MatchingBatch(
+        queries=model.tokenize_queries([ex.query for ex in examples]),
+        candidates=model.tokenize_candidates(candidates),
+        query_ids=[ex.query if ex.query_id is None else ex.query_id for ex in examples],
+        positive_ids=[ex.positive if ex.positive_id is None else ex.positive_id for ex in examples],
+    )
+
+
+def collate_pairs(model: MixEncoder, examples: Sequence[PairExample]) -> PairBatch:
+    """Tokenises pair examples: premises as queries, hypotheses as candidates."""
+    return PairBatch(
+        queries=model.tokenize_queries([ex.premise for ex in examples]),
+        candidates=model.tokenize_candidates([ex.hypothesis for ex in examples]),
+        labels=torch.tensor([ex.label for ex in examples], dtype=torch.long, device=model.device),
+    )
+
+
+def train_step(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """One batch's loss (no backward, no optimizer): what a data-parallel worker computes.
+
+    Args:
+        model: a :class:`MixEncoder`, or a wrapper whose ``module`` is one (matching calls the
+            wrapper itself so a DistributedDataParallel wrapper sees the forward pass).
+        batch: a :class:`MatchingBatch` or :class:`PairBatch`.
+
+    Returns:
+        The scalar float32 loss.
+    """
+    if isinstance(batch, MatchingBatch):
+        scores = model(batch.queries, batch.candidates)  # (B, B + B*h)
+        return in_batch_negatives_loss(scores, batch.query_ids, batch.positive_ids)
+    if isinstance(batch, PairBatch):
+        # classify_torch is not forward(); a DDP version would route it through forward.
+        logits = _unwrap(model).classify_torch(batch.queries, batch.candidates)
+        return classification_loss(logits, batch.labels)
+    raise TypeError(f"unknown batch type {type(batch).__name__}")
+
+
+# ---------------------------------------------------------------------- optimisation pieces
+
+
+def build_optimizer(
+    model: nn.Module, config: TrainingConfig
+) -> tuple[torch.optim.AdamW, list[str]]:
+    """AdamW with weight decay on weight matrices only.
+
+    Biases, LayerNorm parameters and 0-d scalars (the pooled-residual mixing weights, a learned
+    scale) get no decay: decaying them is a prior on their value, not a regulariser.
+
+    Returns:
+        The optimizer and the names of its parameters in param-group order (the checkpoint's
+        key for each parameter's state).
+    """
+    no_decay_ids = set()
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm):
+            no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
+    decay, no_decay, decay_names, no_decay_names = [], [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if id(p) in no_decay_ids or name.endswith("bias") or p.dim() == 0:
+            no_decay.append(p)
+            no_decay_names.append(name)
+        else:
+            decay.append(p)
+            decay_names.append(name)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
+    return optimizer, decay_names + no_decay_names
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Multiplier on the peak learning rate for 0-based ``step``: linear warm-up over
+    ``warmup_steps`` steps, then linear decay towards 0 at ``total_steps``. Never 0 on a step
+    that is run (a zero-lr step would only waste the batch)."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds python ``random``, numpy's global RNG and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> CUDA if available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_precision(mixed_precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (``torch.bfloat16``) or ``None`` for plain fp32."""
+    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if mixed_precision == "fp32":
+        return None
+    if mixed_precision == "bf16":
+        if not bf16_ok:
+            raise ValueError(
+                f"mixed_precision='bf16' needs a CUDA device with bf16 support, got {device}; "
+                "use 'auto' or 'fp32'"
+            )
+        return torch.bfloat16
+    return torch.bfloat16 if bf16_ok else None
+
+
+# ---------------------------------------------------------------------- the loop
+
+
+def train(
+    model: MixEncoder,
+    examples: Sequence[MatchingExample] | Sequence[PairExample],
+    config: TrainingConfig,
+    *,
+    output_dir: str | os.PathLike,
+    resume: bool = True,
+    show_progress_bar: bool | None = None,
+    device: str | torch.device | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Trains ``model`` in place and saves it to ``output_dir/final``.
+
+    Args:
+        model: the model; its parameters are trained as they are (never re-initialised, so an
+            untrained pooled-residual MixEncoder starts exactly as the backbone's dual encoder).
+        examples: :class:`MatchingExample` for ``task="matching"``, :class:`PairExample` for
+            ``task="nli"`` (the model then needs ``num_labels > 0``).
+        config: the run's settings.
+        output_dir: where ``checkpoint-latest`` and ``final`` go.
+        resume: continue from ``output_dir/checkpoint-latest`` if it exists (the model's and the
+            training config's weight-shaping fields must match, else ValueError); ``False``
+            starts over and overwrites it.
+        show_progress_bar: ``None``: when logging is at INFO or below.
+        device: ``None``: CUDA if available, else CPU (resolved once).
+        on_step: called as ``on_step(global_step, loss)`` after each step (and its checkpoint).
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        ValueError: bad examples for the task, or a checkpoint that does not fit this run.
+    """
+    examples = list(examples)
+    _validate(model, examples, config)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    autocast_dtype = resolve_precision(config.mixed_precision, dev)
+
+    n = len(examples)
+    per_epoch = batches_per_epoch(n, config.batch_size)
+    total_steps = config.max_steps if config.max_steps is not None else config.epochs * per_epoch
+    warmup_steps = math.ceil(config.warmup_ratio * total_steps)
+    data_hash = data_fingerprint(examples)
+
+    seed_everything(config.seed)
+    model.to(dev)
+    optimizer, param_names = build_optimizer(model, config)
+
+    state = TrainerState()
+    resumed_from = None
+    ckpt = find_checkpoint(out)
+    if ckpt is not None and resume:
+        state = load_checkpoint(ckpt, model, optimizer, param_names, config, data_hash)
+        resumed_from = state.global_step
+        logger.info("Resumed from %s at step %d", ckpt, state.global_step)
+    elif ckpt is not None:
+        logger.warning("resume=False: starting over; %s will be overwritten", ckpt)
+
+    logger.info(
+        "Training %s on %d examples: %d steps (%d per epoch, batch %d, h=%d), warm-up %d, "
+        "lr %.2g, device %s, %s",
+        config.task, n, total_steps, per_epoch, config.batch_size,
+        config.hard_negatives_per_query, warmup_steps, config.learning_rate, dev,
+        "bf16 autocast" if autocast_dtype else "fp32",
+    )
+
+    def save() -> None:
+        save_checkpoint(out, model, optimizer, param_names, state, config, data_hash)
+
+    losses: list[float] = []
+    recent: deque[float] = deque(maxlen=50)
+    stopped = "completed"
+    show = _show_progress(show_progress_bar)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    model.train()
+    start = time.monotonic()
+    bar = tqdm(total=total_steps, initial=state.global_step, desc="Training", disable=not show)
+    try:
+        order = epoch_order(config.seed, state.epoch, n)
+        while state.global_step < total_steps:
+            b = state.position
+            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+            batch_examples = [examples[int(i)] for i in idx]
+            if config.task == "matching":
+                rng = np.random.default_rng([config.seed, state.epoch, b])
+                batch = collate_matching(
+                    model, batch_examples, config.hard_negatives_per_query, rng
+                )
+            else:
+                batch = collate_pairs(model, batch_examples)
+
+            lr = config.learning_rate * lr_factor(state.global_step, total_steps, warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with _autocast(dev, autocast_dtype):
+                loss = train_step(model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite loss {loss.item()} at step {state.global_step}; try a lower "
+                    "learning rate or mixed_precision='fp32'"
+                )
+            loss.backward()
+            if config.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            value = float(loss.detach())
+            losses.append(value)
+            recent.append(value)
+            state.global_step += 1
+            state.position += 1
+            if state.position >= per_epoch:
+                state.epoch += 1
+                state.position = 0
+                order = epoch_order(config.seed, state.epoch, n)
+            bar.update(1)
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr:.2e}")
+
+            done = state.global_step >= total_steps
+            over_budget = (
+                config.max_seconds is not None and time.monotonic() - start >= config.max_seconds
+            )
+            every = config.checkpoint_every
+            if not done and every and state.global_step % every == 0:
+                save()
+            if on_step is not None:
+                on_step(state.global_step, value)
+            if over_budget and not done:
+                stopped = "max_seconds"
+                logger.info(
+                    "Time budget of %.0fs reached at step %d/%d; checkpointing",
+                    config.max_seconds, state.global_step, total_steps,
+                )
+                break
+    finally:
+        bar.close()
+    seconds = time.monotonic() - start
+    save()
+    model.eval()
+    final = out / FINAL_NAME
+    model.save_pretrained(final)
+    steps = len(losses)
+    logger.info(
+        "Stopped (%s) at step %d after %d steps in %.1fs; mean loss of the last %d steps %.4f; "
+        "model saved to %s",
+        stopped, state.global_step, steps, seconds, len(recent),
+        sum(recent) / len(recent) if recent else float("nan"), final,
+    )
+    return TrainResult(
+        global_step=state.global_step,
+        epoch=state.epoch,
+        stopped_reason=stopped,
+        output_dir=out,
+        final_dir=final,
+        checkpoint_dir=checkpoint_dir(out),
+        losses=losses,
+        resumed_from_step=resumed_from,
+        seconds=seconds,
+        steps_per_second=steps / seconds if seconds > 0 else 0.0,
+    )
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _validate(model: MixEncoder, examples: list[Any], config: TrainingConfig) -> None:
+    if not examples:
+        raise ValueError("no training examples")
+    if config.task == "matching":
+        bad = next((e for e in examples if not isinstance(e, MatchingExample)), None)
+        if bad is not None:
+            raise ValueError(f"task='matching' needs MatchingExample, got {type(bad).__name__}")
+        h = config.hard_negatives_per_query
+        if h:
+            empty = sum(1 for e in examples if not e.negatives)
+            if empty:
+                raise ValueError(
+                    f"hard_negatives_per_query={h} but {empty} examples have no negatives"
+                )
+            short = sum(1 for e in examples if len(e.negatives) < h)
+            if short:
+                logger.warning(
+                    "%d examples have fewer than %d negatives; theirs are repeated", short, h
+                )
+        elif min(config.batch_size, len(examples)) < 2:
+            raise ValueError(
+                "in-batch negatives need at least 2 queries per batch (or hard negatives)"
+            )
+    else:
+        bad = next((e for e in examples if not isinstance(e, PairExample)), None)
+        if bad is not None:
+            raise ValueError(f"task='nli' needs PairExample, got {type(bad).__name__}")
+        num_labels = _unwrap(model).config.num_labels
+        if not num_labels:
+            raise ValueError(
+                "task='nli' needs a classifier head: build the model with num_labels=3"
+            )
+        top = max(e.label for e in examples)
+        if top >= num_labels:
+            raise ValueError(f"label {top} outside the model's {num_labels} classes")
+
+
+def _unwrap(model: nn.Module) -> Any:
+    return getattr(model, "module", model)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _show_progress(flag: bool | None) -> bool:
+    return logger.getEffectiveLevel() <= logging.INFO if flag is None else flag
