@@ -19,6 +19,7 @@ _EXPORTS = {
     "MixEncoderConfig": "mixencoder.models",
     "Scorer": "mixencoder.models",
     "CandidateStore": "mixencoder.store",
+    "DualEncoder": "mixencoder.models",
     "RankedDoc": "mixencoder.rerank",
     "Reranker": "mixencoder.rerank",
     "RerankedHit": "mixencoder.search",
@@ -27,7 +28,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from .models import CandidateReps, MixEncoder, MixEncoderConfig, Scorer
+    from .models import CandidateReps, DualEncoder, MixEncoder, MixEncoderConfig, Scorer
     from .rerank import RankedDoc, Reranker
     from .search import RerankedHit, RerankingSearcher
     from .store import CandidateStore

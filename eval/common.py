@@ -1,0 +1,232 @@
+"""What every eval/run_*.py script shares: the command-line contract, cached stores and
+checkpoints, reranking through the product's own Reranker, and the metrics/run outputs.
+
+Contract (each script): ``--data-dir`` (evaluation data), ``--train-dir`` (training data),
+``--folds K`` (without --train-dir: query-level K-fold cross-validation on the evaluation
+data), ``--model`` (evaluate this checkpoint, skip training), ``--budget`` (training budget:
+``600s``, ``10m`` or ``500steps``; split evenly over folds), ``--seed``, ``--out``. Each script
+prints a table and writes ``OUT/metrics.json`` as ``{system: {measure: value}}`` (measure keys
+are ``str(measure)`` of ir-measures, plus ``ms_per_query`` and ``store_bytes``), per-query
+values in ``OUT/per_query.json``, and ``OUT/runs/<system>.trec``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from mixencoder import CandidateStore, MixEncoder, Reranker
+from mixencoder.data import write_run
+from mixencoder.evaluation import evaluate_per_query, paired_difference
+from mixencoder.training import TrainingConfig, train
+
+logger = logging.getLogger("eval")
+
+Run = dict[str, dict[str, float]]
+
+
+# ---------------------------------------------------------------------- arguments
+
+
+def parser(description: str, *, data_dir: str, out: str, budget: str, folds: int = 0) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", type=Path, default=Path(data_dir), help=f"evaluation data (default {data_dir})")
+    p.add_argument("--train-dir", type=Path, default=None, help="training data; without it, --folds cross-validation")
+    p.add_argument("--folds", type=int, default=folds, help="query-level K-fold CV when there is no --train-dir")
+    p.add_argument("--model", default=None, help="evaluate this saved MixEncoder; skip training")
+    p.add_argument("--backbone", default=None, help="backbone for fresh models (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--budget", default=budget, help="training budget: e.g. 600s, 10m, 500steps (split over folds)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--batch-size", type=int, default=16, help="training batch size (in-batch negatives)")
+    p.add_argument("--out", type=Path, default=Path(out), help=f"output directory (default {out})")
+    p.add_argument("--cache", type=Path, default=Path("work/cache"), help="cached stores/checkpoints")
+    return p
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A training budget: seconds or steps."""
+
+    seconds: float | None = None
+    steps: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|steps?)\s*", text)
+        if not m:
+            raise ValueError(f"--budget {text!r}: expected e.g. 600s, 10m, 1h or 500steps")
+        value, unit = float(m.group(1)), m.group(2)
+        if unit.startswith("step"):
+            return cls(steps=int(value))
+        return cls(seconds=value * {"s": 1, "m": 60, "h": 3600}[unit])
+
+    def split(self, parts: int) -> Budget:
+        if self.steps is not None:
+            return Budget(steps=max(1, self.steps // parts))
+        return Budget(seconds=(self.seconds or 0) / parts)
+
+
+# ---------------------------------------------------------------------- caching
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-able inputs (texts, configs), naming cache entries."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def train_cached(
+    examples: Sequence[Any],
+    *,
+    cache: Path,
+    name: str,
+    budget: Budget,
+    seed: int,
+    batch_size: int,
+    backbone: str | None,
+    model_config: Mapping[str, Any],
+    task: str = "matching",
+    hard_negatives: int = 0,
+    learning_rate: float = 2e-5,
+) -> tuple[MixEncoder, dict[str, Any]]:
+    """Train a fresh MixEncoder on ``examples`` (or reuse the finished run with the same inputs).
+
+    An interrupted run resumes from its checkpoint when the script is run again.
+    """
+    config = TrainingConfig(
+        task=task,
+        batch_size=batch_size,
+        hard_negatives_per_query=hard_negatives,
+        learning_rate=learning_rate,
+        seed=seed,
+        max_steps=budget.steps,
+        max_seconds=budget.seconds,
+        epochs=1000 if budget.steps is None else 1,  # a time budget: cycle the data until it ends
+        checkpoint_every=200,
+    )
+    key = fingerprint(name, [repr(e) for e in examples], config.identity(), dict(model_config), backbone)
+    out = cache / "train" / f"{name}-{key}"
+    done = out / "final" / "config.json"
+    info_path = out / "train_info.json"
+    if done.is_file() and info_path.is_file():
+        logger.info("reusing trained model %s", out / "final")
+        return MixEncoder.from_pretrained(out / "final"), json.loads(info_path.read_text())
+    model = MixEncoder.from_pretrained(backbone, **model_config)
+    result = train(model, list(examples), config, output_dir=out, resume=True)
+    info = {
+        "steps": result.global_step,
+        "seconds": round(result.seconds, 1),
+        "stopped": result.stopped_reason,
+        "examples": len(examples),
+        "first_loss": round(result.losses[0], 4) if result.losses else None,
+        "last_loss": round(sum(result.losses[-20:]) / max(len(result.losses[-20:]), 1), 4) if result.losses else None,
+    }
+    _write_json(info_path, info)
+    return MixEncoder.from_pretrained(result.final_dir), info
+
+
+def store_cached(model: Any, docs: Mapping[str, str], *, cache: Path, name: str) -> CandidateStore:
+    """A store of ``docs`` built by ``model``, reused when model and docs are unchanged."""
+    key = fingerprint(name, model.candidate_fingerprint(), sorted(docs.items()))
+    path = cache / "stores" / f"{name}-{key}"
+    if (path / "manifest.json").is_file():
+        return CandidateStore.open(path, model=model)
+    mode = "resume" if path.exists() else "create"
+    return CandidateStore.build(path, model, sorted(docs.items()), mode=mode, show_progress_bar=True)
+
+
+# ---------------------------------------------------------------------- reranking
+
+
+def rerank_queries(
+    model: Any,
+    store: CandidateStore,
+    queries: Mapping[str, str],
+    candidates: Mapping[str, Sequence[str]],
+) -> tuple[Run, float]:
+    """Rerank each query's candidates through the product's Reranker (store path).
+
+    Returns the run and the measured online milliseconds per query (query encoding, gather
+    from the store and scoring; tokenisation included).
+    """
+    reranker = Reranker(model, store)
+    run: Run = {}
+    start = time.perf_counter()
+    for qid, query in queries.items():
+        ranked = reranker.rerank(query, list(candidates[qid]))
+        run[qid] = {r.docid: r.score for r in ranked}
+    ms = 1000 * (time.perf_counter() - start) / max(len(queries), 1)
+    return run, ms
+
+
+# ---------------------------------------------------------------------- results
+
+
+@dataclass
+class Results:
+    """Collects systems' runs, evaluates them with ir-measures and writes the outputs."""
+
+    out: Path
+    qrels: Mapping[str, Mapping[str, int]]
+    measures: Sequence[str]
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_query: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, system: str, run: Run, **extra: float) -> dict[str, float]:
+        per_query = evaluate_per_query(run, self.qrels, self.measures)
+        values = {m: sum(v.values()) / max(len(v), 1) for m, v in per_query.items()}
+        values.update({k: float(v) for k, v in extra.items()})
+        self.metrics[system] = values
+        self.per_query[system] = per_query
+        (self.out / "runs").mkdir(parents=True, exist_ok=True)
+        write_run(run, self.out / "runs" / f"{system}.trec", fmt="trec", tag=system)
+        logger.info("%s: %s", system, {k: round(v, 4) for k, v in values.items()})
+        return values
+
+    def paired(self, a: str, b: str, measure: str) -> dict[str, float]:
+        """Paired per-query difference a - b of ``measure``, with its standard error."""
+        mean, se, n = paired_difference(self.per_query[a][measure], self.per_query[b][measure])
+        return {"mean": mean, "se": se, "n": n}
+
+    def write(self, comparisons: Iterable[tuple[str, str, str]] = ()) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        _write_json(self.out / "metrics.json", self.metrics)
+        _write_json(self.out / "per_query.json", self.per_query)
+        diffs = {f"{a} - {b} [{m}]": self.paired(a, b, m) for a, b, m in comparisons if a in self.metrics and b in self.metrics}
+        _write_json(self.out / "notes.json", {**self.notes, "paired_differences": diffs})
+        print(self.table())
+        for name, d in diffs.items():
+            print(f"{name}: {d['mean']:+.4f} (paired SE {d['se']:.4f}, n={d['n']})")
+
+    def table(self) -> str:
+        columns = list(self.measures) + sorted({k for v in self.metrics.values() for k in v} - set(self.measures))
+        width = max([len(s) for s in self.metrics] + [6])
+        head = f"{'system':<{width}}  " + "  ".join(f"{c:>14}" for c in columns)
+        lines = [head, "-" * len(head)]
+        for system, values in self.metrics.items():
+            cells = [f"{values[c]:>14.4f}" if c in values else f"{'-':>14}" for c in columns]
+            lines.append(f"{system:<{width}}  " + "  ".join(cells))
+        return "\n".join(lines)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float))
+    os.replace(tmp, path)
