@@ -206,19 +206,16 @@ class ShardWriter:
         np.cumsum(lengths, out=offsets[1:])
         np.save(d / "offsets.npy", offsets)
         np.save(d / "docids.npy", as_fixed_bytes(self._docids))
-        self._vectors.finish(d / "vectors.npy")
-        files: dict[str, Any] = {}
-        for fname in ("offsets.npy", "docids.npy"):
-            fsync_file(d / fname)
+        self._vectors.finish(d / "vectors.npy")  # finish() flushes the streamed files itself
+        fsync_file(d / "offsets.npy")
+        fsync_file(d / "docids.npy")
+        files = {f: npy_entry(d / f) for f in ("vectors.npy", "offsets.npy", "docids.npy")}
         if self._pooled is not None:
             assert self._index is not None
             self._pooled.finish(d / "pooled.npy")
             faiss.write_index(self._index, str(d / "pooled.faiss"))
             fsync_file(d / "pooled.faiss")
-        for fname in ("vectors.npy", "offsets.npy", "docids.npy", "pooled.npy"):
-            if (d / fname).exists():
-                files[fname] = npy_entry(d / fname)
-        if self._pooled is not None:
+            files["pooled.npy"] = npy_entry(d / "pooled.npy")
             files["pooled.faiss"] = blob_entry(d / "pooled.faiss")
         entry = {
             "name": self.name,
@@ -257,6 +254,11 @@ class Shard:
     pooled: np.ndarray | None
     faiss_path: Path | None
     _index: Any = field(default=None, repr=False)
+
+    @property
+    def pooled_dim(self) -> int | None:
+        """Dimension of the pooled vectors, or None if the shard has none."""
+        return None if self.pooled is None else int(self.pooled.shape[1])
 
     @classmethod
     def open(
@@ -313,11 +315,17 @@ class Shard:
         )
 
     def faiss_index(self) -> faiss.Index:
-        """The shard's FAISS index, read on first use (search is the only caller)."""
+        """The shard's FAISS index, opened on first use (search is the only caller).
+
+        FAISS >= 1.11 can memory-map a flat index (``IO_FLAG_MMAP_IFC``), so opening is instant
+        and the vectors stay in the page cache instead of the process heap; older versions
+        read the file into memory.
+        """
         if self._index is None:
             if self.faiss_path is None:
                 raise ValueError(f"shard {self.name} has no pooled vectors")
-            self._index = faiss.read_index(str(self.faiss_path))
+            flags = getattr(faiss, "IO_FLAG_MMAP_IFC", 0)
+            self._index = faiss.read_index(str(self.faiss_path), flags)
             if self._index.ntotal != self.count:
                 raise StoreCorruptError(
                     f"{self.faiss_path} holds {self._index.ntotal} vectors, expected "
