@@ -240,3 +240,12 @@ def test_bundled_minilm_reproduces_the_sentence_transformers_embedding(minilm):
     )
     torch.testing.assert_close(torch.tensor(scores), torch.tensor(cos[0] * 20.0), rtol=1e-4, atol=1e-4)
     assert scores[0] > scores[1] + 5  # the relevant passage wins by a wide margin
+
+
+def test_fingerprint_is_stable_across_loads_and_use(tiny_backbone_dir):
+    # The tokenizer keeps truncation/padding state after a call; that must not change identity.
+    a = MixEncoder.from_pretrained(tiny_backbone_dir)
+    b = MixEncoder.from_pretrained(tiny_backbone_dir)
+    a.encode_candidates(["rain in the city"])
+    a.encode_query("bread")
+    assert a.candidate_fingerprint() == b.candidate_fingerprint()

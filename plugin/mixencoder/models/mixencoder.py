@@ -512,7 +512,11 @@ def _show_progress(flag: bool | None) -> bool:
 def _tokenizer_bytes(tokenizer: Any) -> bytes:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        return backend.to_str().encode()
+        spec = json.loads(backend.to_str())
+        # Truncation and padding are per-call state the tokenizer keeps after use, not identity.
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        return json.dumps(spec, sort_keys=True).encode()
     return json.dumps(sorted(tokenizer.get_vocab().items())).encode()
 
 
