@@ -74,3 +74,22 @@ def test_reranking_searcher_keeps_the_pyserini_interface(tiny_model_factory):
     assert searcher.num_docs == 4  # other attributes pass through to the wrapped searcher
     with pytest.raises(ValueError, match="empty query"):
         searcher.search("")
+
+
+def test_dense_first_stage_from_the_store_feeds_the_reranker(tiny_model_factory, tmp_path):
+    import numpy as np
+
+    from mixencoder import CandidateStore
+    from mixencoder.first_stage import DenseSearcher
+
+    model = tiny_model_factory()
+    store = CandidateStore.build(tmp_path / "store", model, DOCS.items(), dtype="float32")
+    dense = DenseSearcher(store, model)
+    hits = dense.search("bake bread", k=3)
+    q = model.encode_queries_pooled(["bake bread"])[0]
+    brute = {d: float(np.dot(q, model.encode_candidates([t]).pooled[0].numpy())) for d, t in DOCS.items()}
+    assert [h.docid for h in hits] == sorted(brute, key=lambda d: -brute[d])[:3]
+    searcher = RerankingSearcher(dense, Reranker(model, store), depth=4)
+    assert {h.docid for h in searcher.search("bake bread", k=4)} == set(DOCS)
+    with pytest.raises(ValueError, match="empty query"):
+        dense.search(" ")
