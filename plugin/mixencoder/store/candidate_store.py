@@ -205,6 +205,108 @@ class CandidateStore:
         return store
 
     @classmethod
+    def from_shards(
+        cls,
+        path: str | Path,
+        shard_names: Sequence[str],
+        *,
+        fingerprint: dict[str, Any],
+        shard_size: int,
+        dtype: str = "float16",
+        with_pooled: bool = True,
+        build_stats: dict[str, Any] | None = None,
+    ) -> CandidateStore:
+        """Finish a store whose shards were written elsewhere (e.g. by a distributed build).
+
+        The hook for builders that write shard directories with :class:`~.shard.ShardWriter`
+        themselves (:mod:`mixencoder.store.distributed`, benchmarks writing synthetic vectors):
+        it checks the shards, writes the docid lookup index and then ``manifest.json`` last, so
+        the store becomes visible only once everything it lists exists.
+
+        Args:
+            path: the store directory holding the shards.
+            shard_names: the finished shard directories (``shard-NNNNN``) in row order.
+            fingerprint: the ``candidate_fingerprint()`` of the model that encoded them.
+            shard_size: the build's shard size (recorded so ``build(mode='resume')`` can check it).
+            dtype: the shards' vector dtype, ``"float16"`` or ``"float32"``.
+            with_pooled: whether the shards hold pooled vectors and a FAISS index.
+            build_stats: ``{"docs", "seconds", "docs_per_s"}`` of the build, kept as
+                ``last_build_stats`` (its ``docs_per_s`` goes into the manifest).
+
+        Returns:
+            The opened store.
+
+        Raises:
+            StoreCorruptError: a shard is missing, damaged or inconsistent with the others.
+            ValueError: no shards, a bad argument, or a docid held by more than one row (the
+                message names the docids and the shards that hold them).
+        """
+        path = Path(path)
+        if not isinstance(fingerprint, dict) or "sha256" not in fingerprint:
+            raise ValueError(
+                "fingerprint must be a model's candidate_fingerprint() dict with a 'sha256' key"
+            )
+        fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))  # as stored on disk
+        _check_positive_int("shard_size", shard_size)
+        dtype = _check_dtype(dtype)
+        if not shard_names:
+            raise ValueError(f"no shards given to assemble into a store at {path}")
+        params = {
+            "fingerprint": fingerprint,
+            "shard_size": shard_size,
+            "dtype": dtype,
+            "with_pooled": bool(with_pooled),
+        }
+        entries: list[dict[str, Any]] = []
+        row = 0
+        for name in shard_names:
+            if shard_number(name) is None:
+                raise ValueError(f"{name!r} is not a shard directory name (shard-NNNNN)")
+            entry = _read_shard_entry(path, name)
+            if entry.get("name") != name:
+                raise StoreCorruptError(
+                    f"{path / name / 'shard.json'} names shard {entry.get('name')!r}; the "
+                    "directory was renamed or copied. Rebuild the store."
+                )
+            if (entry.get("pooled_dim") is not None) != bool(with_pooled):
+                raise ValueError(
+                    f"{path / name} {'has no' if with_pooled else 'has'} pooled vectors, but "
+                    f"with_pooled={bool(with_pooled)}"
+                )
+            first = entries[0] if entries else entry
+            # Opening runs the same size/header checks as open() and checks dims and dtype.
+            Shard.open(
+                path,
+                entry,
+                row,
+                dim=first["dim"],
+                pooled_dim=first["pooled_dim"],
+                dtype=np.dtype(dtype),
+            )
+            entries.append(entry)
+            row += int(entry["count"])
+
+        old_manifest = read_json(path / MANIFEST) if (path / MANIFEST).is_file() else None
+        generation = 0 if old_manifest is None else old_manifest["index"]["generation"] + 1
+        keys, rows = _keys_and_rows(path, entries, first_row=0)
+        _check_unique_across_shards(path, keys, entries)
+        index = _write_index(path, generation, keys, rows, np.zeros(0, np.int64), replace=False)
+        docs_per_s = (build_stats or {}).get("docs_per_s")
+        if docs_per_s is None and old_manifest is not None:
+            docs_per_s = old_manifest.get("build_docs_per_s")
+        manifest = _make_manifest(params, entries, index, docs_per_s)
+        atomic_write_json(path / MANIFEST, manifest)  # the commit point of the assembly
+        (path / BUILD_STATE).unlink(missing_ok=True)
+        _remove_unreferenced(path, manifest)
+        logger.info(
+            "assembled candidate store %s: %d candidates, %d shards", path, manifest["count"],
+            len(entries),
+        )
+        store = cls(path, manifest)
+        store.last_build_stats = build_stats
+        return store
+
+    @classmethod
     def open(cls, path: str | Path, *, model: Any = None) -> CandidateStore:
         """Open a finished store without reading its vectors (everything is memory-mapped).
 
@@ -245,6 +347,7 @@ class CandidateStore:
     def _load(self, manifest: dict[str, Any]) -> None:
         """Memory-map the shards and the lookup index listed in ``manifest``."""
         self._manifest = manifest
+        self._ann: Any = None  # the approximate index, opened on first approximate search
         self._dtype = np.dtype(manifest["dtype"])
         self._shards: list[Shard] = []
         row = 0
@@ -491,19 +594,31 @@ class CandidateStore:
     # Dense search
     # ------------------------------------------------------------------------------------------
 
-    def search(self, query_vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
-        """Exact inner-product search over the pooled vectors (FAISS, merged across shards).
+    def search(
+        self,
+        query_vectors: np.ndarray,
+        k: int,
+        *,
+        approximate: bool = False,
+        nprobe: int | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """Inner-product search over the pooled vectors (FAISS, merged across shards).
 
         Args:
             query_vectors: ``(nq, pooled_dim)`` float array, e.g. from
                 ``model.encode_queries_pooled(queries)``.
             k: hits per query (fewer if the store holds fewer candidates).
+            approximate: search the IVF index built by :meth:`build_ann_index` instead of
+                scanning every vector (much faster on large stores; recall below 1).
+            nprobe: IVF lists scanned per query (approximate only); default: the index's own.
 
         Returns:
             For each query, ``[(docid, score), ...]`` sorted by decreasing score.
 
         Raises:
-            ValueError: the store has no pooled vectors, or the queries have the wrong shape.
+            ValueError: the store has no pooled vectors, the queries have the wrong shape, or
+                the approximate index is stale.
+            FileNotFoundError: ``approximate=True`` but no approximate index was built.
         """
         if self.pooled_dim is None:
             raise ValueError(
@@ -519,6 +634,13 @@ class CandidateStore:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
         q = np.ascontiguousarray(q)
+        if approximate:
+            if self._ann is None:
+                from .ann import open_ann_index
+
+                self._ann = open_ann_index(self)
+            top_scores, top_rows = self._ann.search(q, int(k), nprobe)
+            return self._hits(top_scores, top_rows, top_rows >= 0)
 
         scores, rows = [], []
         for shard, n_dead in zip(self._shards, self._dead_per_shard):
@@ -536,16 +658,35 @@ class CandidateStore:
         top = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
         top_scores = np.take_along_axis(all_scores, top, axis=1)
         top_rows = np.take_along_axis(all_rows, top, axis=1)
-        valid = np.isfinite(top_scores)
+        return self._hits(top_scores, top_rows, np.isfinite(top_scores))
+
+    def _hits(
+        self, top_scores: np.ndarray, top_rows: np.ndarray, valid: np.ndarray
+    ) -> list[list[tuple[str, float]]]:
+        """Per query, ``(docid, score)`` of the valid entries of ranked score/row matrices."""
         docids = self._docids_of_rows(top_rows[valid])
         results: list[list[tuple[str, float]]] = []
         pos = 0
-        for qi in range(len(q)):
+        for qi in range(len(top_scores)):
             n_hits = int(valid[qi].sum())
             hits = zip(docids[pos : pos + n_hits], top_scores[qi][valid[qi]].tolist())
             results.append(list(hits))
             pos += n_hits
         return results
+
+    def build_ann_index(self, **kwargs: Any) -> Any:
+        """Build the approximate (IVF) index that ``search(..., approximate=True)`` uses.
+
+        Keyword arguments (``kind``, ``nlist``, ``nprobe``, ``train_size``, ``seed``) are those
+        of :func:`mixencoder.store.ann.build_ann_index`.
+
+        Returns:
+            The opened :class:`mixencoder.store.ann.AnnIndex` (``.info`` holds its parameters).
+        """
+        from .ann import build_ann_index
+
+        self._ann = build_ann_index(self, **kwargs)
+        return self._ann
 
     # ------------------------------------------------------------------------------------------
     # Appending
@@ -1124,4 +1265,31 @@ def _progress(show: bool | None, docs: Any, *, initial: int) -> Any:
     total = len(docs) if hasattr(docs, "__len__") else None
     return tqdm(
         desc="Encoding candidates", unit="doc", total=total, initial=initial, disable=not show
+    )
+
+
+def _check_unique_across_shards(
+    path: Path, keys: np.ndarray, entries: list[dict[str, Any]]
+) -> None:
+    """Raise naming the docids held by more than one row, and the shards holding them."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    repeated = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
+    if not repeated.size:
+        return
+    bounds = np.cumsum([0] + [int(e["count"]) for e in entries])
+    names = np.unique(sorted_keys[repeated])
+    examples = []
+    for key in names[:_SHOW_IDS]:
+        lo = int(np.searchsorted(sorted_keys, key, side="left"))
+        hi = int(np.searchsorted(sorted_keys, key, side="right"))
+        shards = [
+            entries[int(np.searchsorted(bounds, r, side="right")) - 1]["name"]
+            for r in order[lo:hi]
+        ]
+        examples.append(f"{key.decode()!r} in {', '.join(shards)}")
+    raise ValueError(
+        f"{len(names)} docids occur more than once across the shards of {path}, e.g. "
+        + "; ".join(examples)
+        + ". Deduplicate the corpus and rebuild."
     )

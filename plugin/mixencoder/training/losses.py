@@ -1,4 +1,5 @@
-"""Training losses: in-batch negatives for matching, cross-entropy for pair classification.
+"""Training losses: in-batch negatives for matching, grouped cross-entropy for models that score
+a query only against its own candidates, and cross-entropy for pair classification.
 
 Shapes: ``B`` queries per batch and ``h`` hard negatives per query. The matching score matrix is
 ``(B, B + B*h)``: columns ``0..B-1`` are the B positives in query order, followed by every
@@ -68,6 +69,7 @@ def in_batch_negatives_loss(
     positive_ids: Sequence[Hashable | None] | None = None,
     *,
     mask: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of each query's positive against every other candidate in the batch.
 
@@ -76,6 +78,10 @@ def in_batch_negatives_loss(
         query_ids: optional length-``B`` ids; see :func:`same_query_mask`.
         positive_ids: optional length-``B`` ids; see :func:`same_query_mask`.
         mask: a precomputed ``(B, B + B*h)`` bool mask (True: ignore) instead of the ids.
+        targets: ``(rows,)`` target column of each row, for a row slice of a larger score
+            matrix (data-parallel training scores a rank's ``b`` queries against the global
+            candidates: rows ``r*b..``, targets ``r*b + i``). Default: row i -> column i. With
+            targets, masking must come as ``mask`` (ids describe the full matrix's rows).
 
     Returns:
         The scalar loss, in float32 whatever the scores' dtype.
@@ -83,10 +89,20 @@ def in_batch_negatives_loss(
     if scores.dim() != 2:
         raise ValueError(f"scores must be (B, C), got shape {tuple(scores.shape)}")
     b, c = scores.shape
-    if b == 0 or c < b or (c - b) % b:
-        raise ValueError(
-            f"scores of shape {(b, c)} do not have the layout B x (B + B*h) for B={b}"
-        )
+    if targets is None:
+        if b == 0 or c < b or (c - b) % b:
+            raise ValueError(
+                f"scores of shape {(b, c)} do not have the layout B x (B + B*h) for B={b}"
+            )
+        targets = torch.arange(b, device=scores.device)
+    else:
+        if query_ids is not None or positive_ids is not None:
+            raise ValueError("with targets=, pass the masking as mask= (not query/positive ids)")
+        targets = torch.as_tensor(targets, dtype=torch.long, device=scores.device)
+        if targets.shape != (b,) or b == 0:
+            raise ValueError(f"targets must have shape ({b},), got {tuple(targets.shape)}")
+        if int(targets.min()) < 0 or int(targets.max()) >= c:
+            raise ValueError(f"targets must lie in [0, {c}); got {targets.tolist()[:10]}")
     # Softmax in float32: bf16 scores lose the small differences the loss is made of.
     logits = scores.float()
     if mask is None and (query_ids is not None or positive_ids is not None):
@@ -94,13 +110,30 @@ def in_batch_negatives_loss(
     if mask is not None:
         if mask.shape != scores.shape:
             raise ValueError(f"mask shape {tuple(mask.shape)} != scores shape {(b, c)}")
-        diag = torch.arange(b, device=scores.device)
+        rows = torch.arange(b, device=scores.device)
         # A query's own target always stays, even if a caller's mask says otherwise.
         mask = mask.clone()
-        mask[diag, diag] = False
+        mask[rows, targets] = False
         logits = logits.masked_fill(mask, float("-inf"))
-    targets = torch.arange(b, device=scores.device)
     return F.cross_entropy(logits, targets)
+
+
+def grouped_loss(scores: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over per-query candidate groups whose column 0 is the positive.
+
+    For models that score each query only against its own candidates (cross-encoders, via
+    ``forward_grouped``): ``scores`` is ``(B, 1 + h)``, the positive then its h hard negatives.
+
+    Returns:
+        The scalar loss, in float32 whatever the scores' dtype.
+    """
+    if scores.dim() != 2 or scores.shape[0] == 0 or scores.shape[1] < 2:
+        raise ValueError(
+            f"grouped scores must be (B, group_size) with group_size >= 2 (a positive and at "
+            f"least one hard negative), got shape {tuple(scores.shape)}"
+        )
+    targets = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+    return F.cross_entropy(scores.float(), targets)
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -1,15 +1,27 @@
-"""The training loop: AdamW, linear warm-up/decay, clipping, checkpoints, exact resume.
-
-The pieces are split so that DistributedDataParallel can be added without a rewrite:
+"""The training loop: AdamW, linear warm-up/decay, clipping, checkpoints, exact resume, DDP.
 
 * :func:`collate_matching` / :func:`collate_pairs` turn examples into a tokenised batch;
-* :func:`train_step` computes one batch's loss from a (possibly wrapped) model, nothing else;
+* :func:`train_step` computes one batch's loss from a (possibly DDP-wrapped) model, nothing
+  else;
 * :func:`train` owns the data order, optimizer, schedule, precision, checkpoints and budget.
+
+Data-parallel training: under ``torchrun --nproc_per_node N`` (or any initialised process
+group) :func:`train` wraps the model in DistributedDataParallel. ``TrainingConfig.batch_size``
+stays the *global* batch: each rank collates its ``batch_size / N`` slice of every global
+batch, in-batch negatives are gathered from all ranks (:mod:`.distributed`), and per-step losses
+and updates equal single-process training on the same global batch. Rank 0 logs and writes
+checkpoints; every rank loads one to resume (a checkpoint resumes with any number of ranks).
+
+Models that cannot score all query-candidate pairs of a batch (cross-encoders) set
+``supports_in_batch_negatives = False`` and implement ``forward_grouped(q_tok, c_tok,
+group_size) -> (B, group_size)``: each query is scored against its own positive (column 0) and
+its ``hard_negatives_per_query`` hard negatives.
 
 Determinism: the data order of epoch e is a permutation drawn from ``(seed, e)``, hard negatives
 of batch b from ``(seed, e, b)``, and the torch/numpy/python RNG states (dropout) travel in the
 checkpoint, so a run interrupted and resumed ends with the same weights as one run straight
-through (on the same device and thread count).
+through (on the same device and thread count). Under DDP, dropout is re-seeded per step and
+rank from ``(seed, step, rank)``, which keeps resumes exact without per-rank RNG state.
 """
 
 from __future__ import annotations
@@ -27,7 +39,9 @@ from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..models import MixEncoder
@@ -39,9 +53,10 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from . import distributed as D
 from .config import TrainingConfig
 from .examples import MatchingExample, PairExample
-from .losses import classification_loss, in_batch_negatives_loss
+from .losses import classification_loss, grouped_loss, in_batch_negatives_loss
 
 logger = logging.getLogger(__name__)
 
@@ -50,20 +65,30 @@ FINAL_NAME = "final"
 
 @dataclass
 class MatchingBatch:
-    """A tokenised matching batch.
+    """A tokenised matching batch (or one rank's slice of a global batch).
 
     Attributes:
-        queries: :meth:`MixEncoder.tokenize_queries` output for the B queries.
-        candidates: tokenised ``B + B*h`` candidates: the B positives, then each query's h hard
-            negatives in query order.
-        query_ids: per query, its id (or its text) for same-query masking.
-        positive_ids: per query, its positive's id (or text) for same-positive masking.
+        queries: :meth:`MixEncoder.tokenize_queries` output for this batch's b queries.
+        candidates: the tokenised candidates. In-batch layout (``group_size == 0``): the b
+            positives, then each query's h hard negatives in query order (``b + b*h``).
+            Grouped layout (``group_size == 1 + h``): query i's positive then its h negatives,
+            at rows ``i*group_size .. (i+1)*group_size - 1``.
+        query_ids: per query of the *global* batch, its id (or its text) for same-query
+            masking.
+        positive_ids: per query of the global batch, its positive's id (or text).
+        hard_negatives: h, hard negatives per query.
+        group_size: 0 for the in-batch layout, else ``1 + h`` (grouped layout).
+        first_row: index of this batch's first query in the global batch (0 unless the batch is
+            a data-parallel rank's slice).
     """
 
     queries: dict[str, torch.Tensor]
     candidates: dict[str, torch.Tensor]
     query_ids: list[str]
     positive_ids: list[str]
+    hard_negatives: int = 0
+    group_size: int = 0
+    first_row: int = 0
 
 
 @dataclass
@@ -122,20 +147,34 @@ def batches_per_epoch(n: int, batch_size: int) -> int:
 
 
 def collate_matching(
-    model: MixEncoder,
+    model: Any,
     examples: Sequence[MatchingExample],
     hard_negatives: int = 0,
     rng: np.random.Generator | None = None,
+    *,
+    rows: slice | None = None,
+    grouped: bool = False,
 ) -> MatchingBatch:
     """Tokenises matching examples into the ``B x (B + B*h)`` layout of the in-batch loss.
 
     Each query contributes exactly ``hard_negatives`` negatives: all of them, in order, when it
     has exactly that many; drawn without replacement by ``rng`` when it has more; cycled when it
     has fewer (so that the score matrix keeps its fixed layout).
+
+    Args:
+        model: provides ``tokenize_queries`` / ``tokenize_candidates``.
+        examples: the (global) batch's examples.
+        hard_negatives: h per query.
+        rng: draws the hard negatives; the draws are made for the whole global batch, in order,
+            so a rank's slice gets exactly the negatives single-process training would use.
+        rows: tokenise only these examples (a data-parallel rank's slice); ids and negatives
+            still cover the global batch.
+        grouped: lay candidates out per query (positive first, then its negatives) for models
+            scored through ``forward_grouped``.
     """
     rng = rng if rng is not None else np.random.default_rng(0)
-    candidates = [ex.positive for ex in examples]
-    for ex in examples:
+    negatives: list[list[str]] = [[] for _ in examples]
+    for i, ex in enumerate(examples):
         if not hard_negatives:
             break
         negs = ex.negatives
@@ -145,18 +184,28 @@ def collate_matching(
                 f"{ex.query[:60]!r} has no negatives"
             )
         if len(negs) == hard_negatives:
-            candidates.extend(negs)
+            negatives[i] = list(negs)
         elif len(negs) > hard_negatives:
             picked = rng.choice(len(negs), size=hard_negatives, replace=False)
-            candidates.extend(negs[int(i)] for i in picked)
+            negatives[i] = [negs[int(j)] for j in picked]
         else:
             order = rng.permutation(len(negs))
-            candidates.extend(negs[int(order[i % len(negs)])] for i in range(hard_negatives))
+            negatives[i] = [negs[int(order[j % len(negs)])] for j in range(hard_negatives)]
+    rows = rows if rows is not None else slice(0, len(examples))
+    local = range(len(examples))[rows]
+    if grouped:
+        candidates = [t for i in local for t in [examples[i].positive, *negatives[i]]]
+    else:
+        candidates = [examples[i].positive for i in local]
+        candidates.extend(t for i in local for t in negatives[i])
     return MatchingBatch(
-        queries=model.tokenize_queries([ex.query for ex in examples]),
+        queries=model.tokenize_queries([examples[i].query for i in local]),
         candidates=model.tokenize_candidates(candidates),
         query_ids=[ex.query if ex.query_id is None else ex.query_id for ex in examples],
         positive_ids=[ex.positive if ex.positive_id is None else ex.positive_id for ex in examples],
+        hard_negatives=hard_negatives,
+        group_size=1 + hard_negatives if grouped else 0,
+        first_row=local.start if len(local) else 0,
     )
 
 
@@ -169,25 +218,70 @@ def collate_pairs(model: MixEncoder, examples: Sequence[PairExample]) -> PairBat
     )
 
 
+def supports_in_batch_negatives(model: Any) -> bool:
+    """False for models that score a query only against its own candidates (cross-encoders)."""
+    return bool(getattr(_unwrap(model), "supports_in_batch_negatives", True))
+
+
+def batch_loss(model: Any, batch: Batch) -> torch.Tensor:
+    """One batch's loss from an unwrapped model; what :class:`LossModule` runs under DDP.
+
+    Matching: all-pairs in-batch negatives (gathered from every rank when a process group with
+    more than one rank exists), or, for a model with ``supports_in_batch_negatives = False``,
+    ``forward_grouped`` scores with cross-entropy on column 0. Pairs: classification loss.
+    """
+    if isinstance(batch, MatchingBatch):
+        if batch.group_size:
+            if not callable(getattr(model, "forward_grouped", None)):
+                raise TypeError(
+                    f"{type(model).__name__} sets supports_in_batch_negatives=False but has no "
+                    "forward_grouped(q_tok, c_tok, group_size) method"
+                )
+            b = next(iter(batch.queries.values())).shape[0]
+            scores = model.forward_grouped(batch.queries, batch.candidates, batch.group_size)
+            if tuple(scores.shape) != (b, batch.group_size):
+                raise ValueError(
+                    f"{type(model).__name__}.forward_grouped returned scores of shape "
+                    f"{tuple(scores.shape)}; expected ({b}, {batch.group_size})"
+                )
+            return grouped_loss(scores)
+        if _world_size() > 1:
+            return D.gathered_in_batch_loss(model, batch)
+        scores = model(batch.queries, batch.candidates)  # (B, B + B*h)
+        return in_batch_negatives_loss(scores, batch.query_ids, batch.positive_ids)
+    if isinstance(batch, PairBatch):
+        logits = model.classify_torch(batch.queries, batch.candidates)
+        return classification_loss(logits, batch.labels)
+    raise TypeError(f"unknown batch type {type(batch).__name__}")
+
+
+class LossModule(nn.Module):
+    """The module DDP wraps: its forward is the batch loss, so every forward pass (matching,
+    grouped or pairs) goes through DDP's ``forward`` as DDP requires."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return batch_loss(self.model, batch)
+
+
 def train_step(model: nn.Module, batch: Batch) -> torch.Tensor:
     """One batch's loss (no backward, no optimizer): what a data-parallel worker computes.
 
     Args:
-        model: a :class:`MixEncoder`, or a wrapper whose ``module`` is one (matching calls the
-            wrapper itself so a DistributedDataParallel wrapper sees the forward pass).
+        model: a :class:`MixEncoder` (or any model with the trainer's API), a
+            :class:`LossModule`, or a DistributedDataParallel wrapping a LossModule (then the
+            forward pass runs through DDP).
         batch: a :class:`MatchingBatch` or :class:`PairBatch`.
 
     Returns:
-        The scalar float32 loss.
+        The scalar float32 loss of this process's rows (the mean over them).
     """
-    if isinstance(batch, MatchingBatch):
-        scores = model(batch.queries, batch.candidates)  # (B, B + B*h)
-        return in_batch_negatives_loss(scores, batch.query_ids, batch.positive_ids)
-    if isinstance(batch, PairBatch):
-        # classify_torch is not forward(); a DDP version would route it through forward.
-        logits = _unwrap(model).classify_torch(batch.queries, batch.candidates)
-        return classification_loss(logits, batch.labels)
-    raise TypeError(f"unknown batch type {type(batch).__name__}")
+    if isinstance(model, LossModule) or isinstance(getattr(model, "module", None), LossModule):
+        return model(batch)
+    return batch_loss(model, batch)
 
 
 # ---------------------------------------------------------------------- optimisation pieces
@@ -281,32 +375,71 @@ def train(
 ) -> TrainResult:
     """Trains ``model`` in place and saves it to ``output_dir/final``.
 
+    Runs data-parallel (DistributedDataParallel) when a process group with more than one rank
+    exists or torchrun's environment asks for one (``WORLD_SIZE`` > 1; the group is then
+    created here, NCCL on GPUs and gloo on CPU, and destroyed at the end). Every rank must call
+    this with the same arguments and examples (the output directory on a shared filesystem).
+
     Args:
         model: the model; its parameters are trained as they are (never re-initialised, so an
             untrained pooled-residual MixEncoder starts exactly as the backbone's dual encoder).
+            Models with ``supports_in_batch_negatives = False`` are trained through
+            ``forward_grouped`` (needs ``hard_negatives_per_query >= 1``).
         examples: :class:`MatchingExample` for ``task="matching"``, :class:`PairExample` for
             ``task="nli"`` (the model then needs ``num_labels > 0``).
-        config: the run's settings.
+        config: the run's settings; ``batch_size`` is the global batch (split over ranks).
         output_dir: where ``checkpoint-latest`` and ``final`` go.
         resume: continue from ``output_dir/checkpoint-latest`` if it exists (the model's and the
             training config's weight-shaping fields must match, else ValueError); ``False``
             starts over and overwrites it.
-        show_progress_bar: ``None``: when logging is at INFO or below.
-        device: ``None``: CUDA if available, else CPU (resolved once).
-        on_step: called as ``on_step(global_step, loss)`` after each step (and its checkpoint).
+        show_progress_bar: ``None``: when logging is at INFO or below (rank 0 only).
+        device: ``None``: this rank's GPU under NCCL, else CUDA if available, else CPU.
+        on_step: called as ``on_step(global_step, loss)`` after each step (and its checkpoint),
+            on every rank; ``loss`` is the global batch's loss.
 
     Returns:
-        A :class:`TrainResult`.
+        A :class:`TrainResult` (identical on every rank).
 
     Raises:
-        ValueError: bad examples for the task, or a checkpoint that does not fit this run.
+        ValueError: bad examples for the task, a batch size the ranks cannot split evenly, or a
+            checkpoint that does not fit this run.
     """
+    ctx = D.setup()
+    try:
+        return _train(
+            model,
+            examples,
+            config,
+            output_dir=Path(output_dir),
+            resume=resume,
+            show_progress_bar=show_progress_bar,
+            device=device,
+            on_step=on_step,
+            ctx=ctx,
+        )
+    finally:
+        D.teardown(ctx)
+
+
+def _train(
+    model: MixEncoder,
+    examples: Sequence[MatchingExample] | Sequence[PairExample],
+    config: TrainingConfig,
+    *,
+    output_dir: Path,
+    resume: bool,
+    show_progress_bar: bool | None,
+    device: str | torch.device | None,
+    on_step: Callable[[int, float], None] | None,
+    ctx: D.DistContext,
+) -> TrainResult:
     examples = list(examples)
-    _validate(model, examples, config)
-    out = Path(output_dir)
+    _validate(model, examples, config, ctx)
+    out = output_dir
     out.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
+    dev = torch.device(device) if device is not None else D.default_device(ctx)
     autocast_dtype = resolve_precision(config.mixed_precision, dev)
+    grouped = config.task == "matching" and not supports_in_batch_negatives(model)
 
     n = len(examples)
     per_epoch = batches_per_epoch(n, config.batch_size)
@@ -320,29 +453,48 @@ def train(
 
     state = TrainerState()
     resumed_from = None
-    ckpt = find_checkpoint(out)
+    # Only rank 0 looks (find_checkpoint cleans up after a crashed save; two ranks doing that
+    # at once would race); every rank then loads the checkpoint it found.
+    ckpt = D.on_main(ctx, lambda: find_checkpoint(out))
     if ckpt is not None and resume:
         state = load_checkpoint(ckpt, model, optimizer, param_names, config, data_hash)
         resumed_from = state.global_step
         logger.info("Resumed from %s at step %d", ckpt, state.global_step)
-    elif ckpt is not None:
+    elif ckpt is not None and ctx.is_main:
         logger.warning("resume=False: starting over; %s will be overwritten", ckpt)
 
-    logger.info(
-        "Training %s on %d examples: %d steps (%d per epoch, batch %d, h=%d), warm-up %d, "
-        "lr %.2g, device %s, %s",
-        config.task, n, total_steps, per_epoch, config.batch_size,
-        config.hard_negatives_per_query, warmup_steps, config.learning_rate, dev,
-        "bf16 autocast" if autocast_dtype else "fp32",
-    )
+    if ctx.distributed:
+        # find_unused_parameters: a model may hold heads a task never uses (a classifier during
+        # matching); DDP would otherwise wait for their gradients forever. Globally unused
+        # parameters keep grad None, so AdamW skips them exactly as single-process does.
+        wrapped: nn.Module = DistributedDataParallel(
+            LossModule(model),
+            device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+    else:
+        wrapped = model
+    if ctx.is_main:
+        logger.info(
+            "Training %s on %d examples: %d steps (%d per epoch, batch %d%s, h=%d%s), warm-up "
+            "%d, lr %.2g, device %s, %s",
+            config.task, n, total_steps, per_epoch, config.batch_size,
+            f" = {ctx.world_size} ranks x {config.batch_size // ctx.world_size}"
+            if ctx.distributed else "",
+            config.hard_negatives_per_query, ", grouped scoring" if grouped else "",
+            warmup_steps, config.learning_rate, dev,
+            "bf16 autocast" if autocast_dtype else "fp32",
+        )
 
     def save() -> None:
-        save_checkpoint(out, model, optimizer, param_names, state, config, data_hash)
+        if ctx.is_main:
+            save_checkpoint(out, model, optimizer, param_names, state, config, data_hash)
+        D.barrier(ctx)
 
     losses: list[float] = []
     recent: deque[float] = deque(maxlen=50)
     stopped = "completed"
-    show = _show_progress(show_progress_bar)
+    show = _show_progress(show_progress_bar) and ctx.is_main
     params = [p for group in optimizer.param_groups for p in group["params"]]
     model.train()
     start = time.monotonic()
@@ -353,31 +505,38 @@ def train(
             b = state.position
             idx = order[b * config.batch_size : (b + 1) * config.batch_size]
             batch_examples = [examples[int(i)] for i in idx]
+            rows = D.local_rows(len(batch_examples), ctx)
             if config.task == "matching":
                 rng = np.random.default_rng([config.seed, state.epoch, b])
-                batch = collate_matching(
-                    model, batch_examples, config.hard_negatives_per_query, rng
+                batch: Batch = collate_matching(
+                    model, batch_examples, config.hard_negatives_per_query, rng,
+                    rows=rows, grouped=grouped,
                 )
             else:
-                batch = collate_pairs(model, batch_examples)
+                batch = collate_pairs(model, batch_examples[rows])
+            if ctx.distributed:
+                torch.manual_seed(D.step_seed(config.seed, state.global_step, ctx.rank))
 
             lr = config.learning_rate * lr_factor(state.global_step, total_steps, warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with _autocast(dev, autocast_dtype):
-                loss = train_step(model, batch)
-            if not torch.isfinite(loss):
+                loss = train_step(wrapped, batch)
+            # The global batch's loss (the mean of the ranks' equal-sized slices): identical on
+            # every rank, so every rank takes the same decisions below.
+            global_loss = D.mean_over_ranks(loss, ctx)
+            if not torch.isfinite(global_loss):
                 raise FloatingPointError(
-                    f"non-finite loss {loss.item()} at step {state.global_step}; try a lower "
-                    "learning rate or mixed_precision='fp32'"
+                    f"non-finite loss {global_loss.item()} at step {state.global_step}; try a "
+                    "lower learning rate or mixed_precision='fp32'"
                 )
-            loss.backward()
+            loss.backward()  # DDP averages the ranks' gradients: the global batch's gradient
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-            value = float(loss.detach())
+            value = float(global_loss)
             losses.append(value)
             recent.append(value)
             state.global_step += 1
@@ -393,6 +552,8 @@ def train(
             over_budget = (
                 config.max_seconds is not None and time.monotonic() - start >= config.max_seconds
             )
+            if config.max_seconds is not None:
+                over_budget = D.any_rank(over_budget, ctx, dev)  # stop together, at one step
             every = config.checkpoint_every
             if not done and every and state.global_step % every == 0:
                 save()
@@ -400,10 +561,11 @@ def train(
                 on_step(state.global_step, value)
             if over_budget and not done:
                 stopped = "max_seconds"
-                logger.info(
-                    "Time budget of %.0fs reached at step %d/%d; checkpointing",
-                    config.max_seconds, state.global_step, total_steps,
-                )
+                if ctx.is_main:
+                    logger.info(
+                        "Time budget of %.0fs reached at step %d/%d; checkpointing",
+                        config.max_seconds, state.global_step, total_steps,
+                    )
                 break
     finally:
         bar.close()
@@ -411,14 +573,17 @@ def train(
     save()
     model.eval()
     final = out / FINAL_NAME
-    model.save_pretrained(final)
+    if ctx.is_main:
+        model.save_pretrained(final)
+    D.barrier(ctx)
     steps = len(losses)
-    logger.info(
-        "Stopped (%s) at step %d after %d steps in %.1fs; mean loss of the last %d steps %.4f; "
-        "model saved to %s",
-        stopped, state.global_step, steps, seconds, len(recent),
-        sum(recent) / len(recent) if recent else float("nan"), final,
-    )
+    if ctx.is_main:
+        logger.info(
+            "Stopped (%s) at step %d after %d steps in %.1fs; mean loss of the last %d steps "
+            "%.4f; model saved to %s",
+            stopped, state.global_step, steps, seconds, len(recent),
+            sum(recent) / len(recent) if recent else float("nan"), final,
+        )
     return TrainResult(
         global_step=state.global_step,
         epoch=state.epoch,
@@ -436,14 +601,34 @@ def train(
 # ---------------------------------------------------------------------- helpers
 
 
-def _validate(model: MixEncoder, examples: list[Any], config: TrainingConfig) -> None:
+def _validate(
+    model: Any, examples: list[Any], config: TrainingConfig, ctx: D.DistContext | None = None
+) -> None:
     if not examples:
         raise ValueError("no training examples")
+    if ctx is not None and ctx.distributed:
+        if config.batch_size % ctx.world_size:
+            raise ValueError(
+                f"batch_size={config.batch_size} (the global batch) must be divisible by the "
+                f"{ctx.world_size} data-parallel processes so that each gets an equal slice"
+            )
+        if len(examples) < config.batch_size:
+            raise ValueError(
+                f"{len(examples)} examples make no full global batch of {config.batch_size}; "
+                "data-parallel training needs at least batch_size examples"
+            )
     if config.task == "matching":
         bad = next((e for e in examples if not isinstance(e, MatchingExample)), None)
         if bad is not None:
             raise ValueError(f"task='matching' needs MatchingExample, got {type(bad).__name__}")
         h = config.hard_negatives_per_query
+        if not supports_in_batch_negatives(model) and h < 1:
+            raise ValueError(
+                f"{type(_unwrap(model)).__name__} does not support in-batch negatives "
+                "(supports_in_batch_negatives=False): it is trained on each query's own "
+                "positive and hard negatives, so hard_negatives_per_query must be >= 1, got "
+                f"{h}"
+            )
         if h:
             empty = sum(1 for e in examples if not e.negatives)
             if empty:
@@ -474,7 +659,13 @@ def _validate(model: MixEncoder, examples: list[Any], config: TrainingConfig) ->
 
 
 def _unwrap(model: nn.Module) -> Any:
-    return getattr(model, "module", model)
+    """The trained model inside DDP and/or :class:`LossModule` wrappers."""
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    return model.model if isinstance(model, LossModule) else model
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -1,0 +1,242 @@
+"""Approximate dense search over a store's pooled vectors: one FAISS IVF index for all shards.
+
+Exact search (:meth:`CandidateStore.search`) scans every pooled vector: ~0.3 s per query at a
+million candidates on a CPU. An IVF index clusters the vectors into ``nlist`` lists and scans
+only the ``nprobe`` lists nearest the query, for a recall that ``nprobe`` trades against time.
+
+The index stores the vectors themselves, not a lossy code: float16 stores use an fp16 scalar
+quantizer on the raw vectors (``by_residual=False``; lossless for values that are already
+float16, half the bytes of a flat copy), float32 stores an ``IndexIVFFlat``. So a candidate the
+index finds gets exactly the score exact search gives it, and recall is lost only to lists that
+were not probed. The file is memory-mapped, so loading it costs no resident memory up front.
+
+Layout (derived data, not listed in ``manifest.json``)::
+
+    store/ann-<generation>/index.faiss   the IVF index; ids are the store's global rows
+    store/ann-<generation>/ann.json      parameters and the store state it was built from
+
+It is tied to the lookup index generation it was built from: after :meth:`CandidateStore.add`
+the generation changes and approximate search refuses the stale index until it is rebuilt.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import faiss
+import numpy as np
+
+from ._io import atomic_write_json, fsync_dir, fsync_file, read_json
+from .shard import TMP_PREFIX
+
+if TYPE_CHECKING:
+    from .candidate_store import CandidateStore
+
+logger = logging.getLogger(__name__)
+
+ANN_PREFIX = "ann-"
+ANN_FORMAT_VERSION = 1
+_KINDS = ("ivf",)
+_ADD_CHUNK = 65_536  # vectors converted to float32 and added per step (bounds the memory)
+_MIN_POINTS_PER_LIST = 39  # FAISS warns below this many training points per centroid
+
+
+@dataclass
+class AnnIndex:
+    """An opened approximate index.
+
+    Attributes:
+        path: its directory.
+        info: the parsed ``ann.json``.
+        index: the FAISS index (memory-mapped).
+    """
+
+    path: Path
+    info: dict[str, Any]
+    index: Any
+
+    def search(
+        self, queries: np.ndarray, k: int, nprobe: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, global rows)`` of the top ``k`` per query; rows are -1 past the hits."""
+        ivf = faiss.extract_index_ivf(self.index)
+        ivf.nprobe = int(nprobe if nprobe is not None else self.info["nprobe"])
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), int(k))
+
+
+def default_nlist(rows: int) -> int:
+    """~sqrt(N) lists, at least 39 training points each.
+
+    FAISS suggests 4 sqrt(N) to 16 sqrt(N) for speed; sqrt(N) keeps k-means training and
+    assignment affordable on a CPU (minutes at 10^6 vectors) and lists long enough (~sqrt(N)
+    vectors) for top-1000 searches, which must probe at least 1000 vectors anyway.
+    """
+    return int(max(1, min(round(math.sqrt(rows)), rows // _MIN_POINTS_PER_LIST, 65_536)))
+
+
+def build_ann_index(
+    store: CandidateStore,
+    *,
+    kind: str = "ivf",
+    nlist: int | None = None,
+    nprobe: int = 32,
+    train_size: int | None = None,
+    seed: int = 0,
+) -> AnnIndex:
+    """Build (or rebuild) the store's approximate index over its live pooled vectors.
+
+    Args:
+        store: an opened store with pooled vectors.
+        kind: ``"ivf"`` (the only kind so far).
+        nlist: IVF lists; default :func:`default_nlist`.
+        nprobe: lists scanned per query by default (``search(..., nprobe=)`` overrides it).
+        train_size: vectors sampled to train the clustering; default ``50 * nlist``.
+        seed: seeds the training sample and k-means.
+
+    Returns:
+        The opened index; :meth:`CandidateStore.search` with ``approximate=True`` uses it.
+
+    Raises:
+        ValueError: the store has no pooled vectors, or a bad argument.
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
+    if store.pooled_dim is None:
+        raise ValueError(
+            f"store at {store.path} has no pooled vectors (built with with_pooled=False); an "
+            "approximate index needs them"
+        )
+    shards = store._shards
+    dead = store._dead
+    live_rows = store._num_rows - len(dead)
+    nlist = default_nlist(live_rows) if nlist is None else int(nlist)
+    if not 1 <= nlist <= live_rows:
+        raise ValueError(f"nlist must be in [1, {live_rows}] (the live candidates), got {nlist}")
+    if nprobe < 1:
+        raise ValueError(f"nprobe must be >= 1, got {nprobe}")
+    start = time.perf_counter()
+    d = store.pooled_dim
+    quantizer = faiss.IndexFlatIP(d)
+    if store.dtype == "float16":
+        index = faiss.IndexIVFScalarQuantizer(
+            quantizer, d, nlist, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+        )
+        # Encode the vectors, not their residuals from the centroid: fp16 residuals would round
+        # differently from the stored values, and scores would drift from exact search's.
+        index.by_residual = False
+        name = "ivf-sqfp16"
+    else:
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        name = "ivf-flat"
+
+    rng = np.random.default_rng(seed)
+    train_size = min(live_rows, train_size or 50 * nlist)
+    sample = rng.choice(store._num_rows, size=min(store._num_rows, train_size), replace=False)
+    sample = np.sort(sample)
+    sample = sample[~np.isin(sample, dead)]
+    train = _pooled_rows(store, sample)
+    index.cp.seed = seed
+    index.train(train)
+    del train
+
+    for shard in shards:
+        for lo in range(0, shard.count, _ADD_CHUNK):
+            hi = min(lo + _ADD_CHUNK, shard.count)
+            rows = np.arange(shard.start + lo, shard.start + hi, dtype=np.int64)
+            keep = ~np.isin(rows, dead) if len(dead) else slice(None)
+            x = np.ascontiguousarray(shard.pooled[lo:hi], dtype=np.float32)[keep]
+            index.add_with_ids(x, rows[keep])
+
+    generation = int(store.manifest["index"]["generation"])
+    final = store.path / f"{ANN_PREFIX}{generation:05d}"
+    tmp = store.path / f"{TMP_PREFIX}{ANN_PREFIX}{generation:05d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    faiss.write_index(index, str(tmp / "index.faiss"))
+    fsync_file(tmp / "index.faiss")
+    info = {
+        "format_version": ANN_FORMAT_VERSION,
+        "kind": name,
+        "nlist": nlist,
+        "nprobe": int(nprobe),
+        "train_size": int(len(sample)),
+        "seed": seed,
+        "count": int(index.ntotal),
+        "index_generation": generation,
+        "rows": int(store._num_rows),
+        "bytes": (tmp / "index.faiss").stat().st_size,
+        "build_s": time.perf_counter() - start,
+    }
+    atomic_write_json(tmp / "ann.json", info)
+    fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)  # the commit point: an ann-* directory is always complete
+    fsync_dir(store.path)
+    for old in store.path.glob(f"{ANN_PREFIX}*"):  # indexes of earlier generations are stale
+        if old != final and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+    logger.info(
+        "built %s index of %s: %d vectors, nlist %d, %.1fs",
+        name,
+        store.path,
+        index.ntotal,
+        nlist,
+        info["build_s"],
+    )
+    del index
+    return open_ann_index(store)
+
+
+def open_ann_index(store: CandidateStore) -> AnnIndex:
+    """Open the store's approximate index (memory-mapped), checking it is not stale.
+
+    Raises:
+        FileNotFoundError: none was built (see :func:`build_ann_index`).
+        ValueError: it was built for an earlier state of the store.
+    """
+    generation = int(store.manifest["index"]["generation"])
+    path = store.path / f"{ANN_PREFIX}{generation:05d}"
+    if not (path / "ann.json").is_file():
+        older = sorted(store.path.glob(f"{ANN_PREFIX}*"))
+        if older:
+            raise ValueError(
+                f"the approximate index of {store.path} ({older[-1].name}) was built before the "
+                "store last changed (add()); rebuild it with store.build_ann_index()"
+            )
+        raise FileNotFoundError(
+            f"store at {store.path} has no approximate index; build one with "
+            "store.build_ann_index() (or search with approximate=False)"
+        )
+    info = read_json(path / "ann.json")
+    if info.get("rows") != store._num_rows or info.get("index_generation") != generation:
+        raise ValueError(
+            f"the approximate index in {path} does not match the store (built for "
+            f"{info.get('rows')} rows, the store has {store._num_rows}); rebuild it with "
+            "store.build_ann_index()"
+        )
+    index = faiss.read_index(str(path / "index.faiss"), faiss.IO_FLAG_MMAP)
+    if index.ntotal != info["count"]:
+        raise ValueError(
+            f"{path / 'index.faiss'} holds {index.ntotal} vectors, ann.json says {info['count']};"
+            " the file is damaged. Rebuild it with store.build_ann_index()"
+        )
+    return AnnIndex(path=path, info=info, index=index)
+
+
+def _pooled_rows(store: CandidateStore, rows: np.ndarray) -> np.ndarray:
+    """Float32 pooled vectors of sorted global ``rows`` (read shard by shard)."""
+    out = np.empty((len(rows), store.pooled_dim or 0), dtype=np.float32)
+    shard_of = np.searchsorted(store._starts, rows, side="right") - 1
+    for s in np.unique(shard_of):
+        sel = np.flatnonzero(shard_of == s)
+        shard = store._shards[s]
+        out[sel] = shard.pooled[rows[sel] - shard.start]
+    return out

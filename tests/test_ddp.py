@@ -1,0 +1,293 @@
+"""Data-parallel training: 2 gloo processes on 127.0.0.1 train exactly like one process on the
+same global batch (losses, final weights, resume), and the grouped-scoring hook for models
+without in-batch negatives."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Sequence
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mixencoder import MixEncoder
+from mixencoder.training import MatchingExample, TrainingConfig, in_batch_negatives_loss, train
+from mixencoder.training.losses import same_query_mask
+from mixencoder.training.trainer import batch_loss, collate_matching
+
+FIXTURES = Path(__file__).parent / "fixtures"
+WORLD = 2
+CRASH_AT = 2
+STEPS = 4
+
+
+def matching_examples() -> list[MatchingExample]:
+    """8 examples with 2 hard negatives each; examples 1 and 6 are two positives of one query,
+    so the same-query mask matters whenever they share a global batch."""
+    letters = "cdefghijklmnopqrstuvwxyz"
+    out = []
+    for i in range(8):
+        a, b = letters[2 * i], letters[2 * i + 1]
+        negs = tuple(f"the {letters[(2 * i + 5 + j) % 24]} of bread {j}" for j in range(2))
+        qid = "shared" if i in (1, 6) else f"q{i}"
+        out.append(MatchingExample(f"what is {a} {b}", f"the {a} {b} of the city", negs, qid))
+    return out
+
+
+def ddp_config(**overrides: Any) -> TrainingConfig:
+    base = dict(
+        batch_size=4,  # the global batch: 2 queries per rank
+        hard_negatives_per_query=1,  # 1 of 2 negatives drawn per query: exercises the data RNG
+        learning_rate=3e-3,
+        warmup_ratio=0.25,
+        max_steps=STEPS,
+        checkpoint_every=CRASH_AT,
+        seed=11,
+        mixed_precision="fp32",
+    )
+    base.update(overrides)
+    return TrainingConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def no_dropout_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny MixEncoder without dropout, so that ranks' dropout masks cannot differ."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    backbone = tmp_path_factory.mktemp("tiny-bert-nodrop")
+    torch.manual_seed(0)
+    config = BertConfig.from_pretrained(
+        str(FIXTURES / "tiny-bert"), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
+    BertModel(config, add_pooling_layer=False).save_pretrained(str(backbone))
+    AutoTokenizer.from_pretrained(str(FIXTURES / "tiny-bert")).save_pretrained(str(backbone))
+    model = MixEncoder.from_pretrained(backbone, query_max_length=24, candidate_max_length=48)
+    assert all(m.p == 0 for m in model.modules() if isinstance(m, nn.Dropout))
+    assert all(layer.dropout == 0 for layer in model.interaction)
+    out = tmp_path_factory.mktemp("tiny-mix-nodrop")
+    model.save_pretrained(out)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def _ddp_worker(rank: int, ports: Sequence[int], model_dir: str, out_dir: str) -> None:
+    """One rank: train until a crash at step CRASH_AT, then resume to the end (torchrun env)."""
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(1)
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD)
+    )
+    examples, config = matching_examples(), ddp_config()
+    seen: list[float] = []
+
+    def crash(step: int, loss: float) -> None:
+        seen.append(loss)
+        if step == CRASH_AT:
+            raise _Crash
+
+    # Each run creates (and destroys) its own process group from the env, as under torchrun.
+    os.environ["MASTER_PORT"] = str(ports[0])
+    try:
+        train(
+            MixEncoder.from_pretrained(model_dir),
+            examples,
+            config,
+            output_dir=out_dir,
+            device="cpu",
+            on_step=crash,
+            show_progress_bar=False,
+        )
+    except _Crash:
+        pass
+    os.environ["MASTER_PORT"] = str(ports[1])
+    model = MixEncoder.from_pretrained(model_dir)  # fresh weights: the checkpoint must restore
+    result = train(
+        model, examples, config, output_dir=out_dir, device="cpu", show_progress_bar=False
+    )
+    report = {"first": seen, "second": result.losses, "resumed_from": result.resumed_from_step}
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(report))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(Path(out_dir, f"rank{rank}.safetensors")),
+    )
+
+
+def test_two_process_ddp_matches_single_process_and_resumes(
+    no_dropout_model_dir: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    examples, config = matching_examples(), ddp_config()
+    single_model = MixEncoder.from_pretrained(no_dropout_model_dir)
+    single = train(
+        single_model,
+        examples,
+        config,
+        output_dir=tmp_path / "single",
+        device="cpu",
+        show_progress_bar=False,
+    )
+    assert len(single.losses) == STEPS
+
+    out = tmp_path / "ddp"
+    mp.spawn(
+        _ddp_worker,
+        args=([_free_port(), _free_port()], str(no_dropout_model_dir), str(out)),
+        nprocs=WORLD,
+        join=True,
+    )
+    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    assert reports[0] == reports[1]  # every rank logs the global batch's loss
+    report = reports[0]
+    assert report["resumed_from"] == CRASH_AT
+    ddp_losses = report["first"] + report["second"]
+    assert len(ddp_losses) == STEPS
+    # The global pool of in-batch negatives: the same B x (B + B*h) losses as one process.
+    torch.testing.assert_close(
+        torch.tensor(ddp_losses), torch.tensor(single.losses), rtol=1e-4, atol=0
+    )
+
+    weights = [load_file(str(out / f"rank{r}.safetensors")) for r in range(WORLD)]
+    expected = single_model.state_dict()
+    final = MixEncoder.from_pretrained(out / "final").state_dict()  # written by rank 0
+    moved = 0
+    for name, value in expected.items():
+        assert torch.equal(weights[0][name], weights[1][name]), f"ranks diverged on {name}"
+        torch.testing.assert_close(weights[0][name], value, rtol=1e-4, atol=1e-6, msg=name)
+        assert torch.equal(final[name], weights[0][name]), name
+        initial = MixEncoder.from_pretrained(no_dropout_model_dir).state_dict()[name]
+        moved += int(not torch.equal(initial, value))
+    assert moved > 10  # training changed the weights, so the comparison is not vacuous
+    # Rank 0 alone wrote the checkpoint; nothing half-written was left behind.
+    assert (out / "checkpoint-latest" / "trainer_state.json").is_file()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_row_slices_of_the_loss_average_to_the_full_loss() -> None:
+    # What each rank computes: its rows of the global score matrix, with global targets.
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(4, 8, generator=gen)  # B=4, h=1
+    qids, pids = ["a", "b", "a", "c"], ["p", "q", "r", "s"]
+    full = in_batch_negatives_loss(scores, qids, pids)
+    mask = same_query_mask(8, qids, pids)
+    parts = [
+        in_batch_negatives_loss(scores[r], mask=mask[r], targets=torch.arange(r.start, r.stop))
+        for r in (slice(0, 2), slice(2, 4))
+    ]
+    assert torch.allclose(sum(parts) / 2, full, atol=1e-6)
+    with pytest.raises(ValueError, match="mask="):
+        in_batch_negatives_loss(scores[:2], qids, pids, targets=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="lie in"):
+        in_batch_negatives_loss(scores[:2], targets=torch.tensor([0, 8]))
+
+
+# ---------------------------------------------------------------------- grouped scoring hook
+
+
+class FakeCrossEncoder(nn.Module):
+    """Scores (query, candidate) pairs jointly; cannot afford all-pairs in-batch scoring."""
+
+    supports_in_batch_negatives = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.EmbeddingBag(512, 8, mode="mean")
+        self.head = nn.Linear(16, 1)
+        self.config = SimpleNamespace(to_dict=lambda: {"model_type": "fake-cross"}, num_labels=0)
+        self.candidate_texts: list[list[str]] = []
+        self.group_sizes: list[int] = []
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def _tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        ids = [[zlib.crc32(w.encode()) % 511 + 1 for w in t.split()] for t in texts]
+        width = max(len(i) for i in ids)
+        return {"input_ids": torch.tensor([i + [i[-1]] * (width - len(i)) for i in ids])}
+
+    def tokenize_queries(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self._tokenize(texts)
+
+    def tokenize_candidates(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        self.candidate_texts.append(list(texts))
+        return self._tokenize(texts)
+
+    def forward_grouped(
+        self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor], group_size: int
+    ) -> torch.Tensor:
+        self.group_sizes.append(group_size)
+        q = self.embed(queries["input_ids"])  # (B, 8)
+        c = self.embed(candidates["input_ids"]).view(q.shape[0], group_size, -1)
+        pairs = torch.cat([q[:, None, :].expand(-1, group_size, -1), c], dim=-1)
+        return self.head(pairs).squeeze(-1)  # (B, group_size)
+
+    def forward(self, *args: Any) -> torch.Tensor:
+        raise AssertionError("all-pairs forward must not be called for this model")
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        save_file(self.state_dict(), str(Path(directory) / "model.safetensors"))
+
+
+def test_grouped_hook_scores_each_query_against_its_own_group(tmp_path: Path) -> None:
+    examples = matching_examples()
+    model = FakeCrossEncoder()
+    batch = collate_matching(model, examples[:3], 2, grouped=True)
+    assert batch.group_size == 3
+    texts = model.candidate_texts[-1]
+    for i, ex in enumerate(examples[:3]):
+        group = texts[3 * i : 3 * i + 3]
+        assert group[0] == ex.positive and set(group[1:]) == set(ex.negatives)
+    loss = batch_loss(model, batch)
+    scores = model.forward_grouped(batch.queries, batch.candidates, 3)
+    assert torch.allclose(loss, F.cross_entropy(scores, torch.zeros(3, dtype=torch.long)))
+
+    config = TrainingConfig(
+        batch_size=4,
+        hard_negatives_per_query=2,
+        learning_rate=0.05,
+        warmup_ratio=0.0,
+        max_steps=12,
+        checkpoint_every=0,
+        seed=3,
+        mixed_precision="fp32",
+    )
+    result = train(
+        model, examples, config, output_dir=tmp_path / "run", device="cpu", show_progress_bar=False
+    )
+    assert set(model.group_sizes) == {3}
+    assert sum(result.losses[-3:]) < sum(result.losses[:3])
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+
+def test_grouped_hook_needs_hard_negatives(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="hard_negatives_per_query must be >= 1"):
+        train(
+            FakeCrossEncoder(),
+            matching_examples(),
+            TrainingConfig(batch_size=4, max_steps=1),
+            output_dir=tmp_path,
+            device="cpu",
+        )
