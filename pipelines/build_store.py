@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="saved MixEncoder dir or backbone (default: bundled MiniLM)")
     p.add_argument("--mode", choices=["create", "overwrite", "resume"], default="create")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--shard-size", type=int, default=100_000)
+    p.add_argument("--shard-size", type=int, default=10_000)
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     p.add_argument(
         "--ray", nargs="?", const=LOCAL_RAY, default=None, metavar="ADDRESS",

@@ -92,7 +92,7 @@ def build_store_distributed(
     address: str | None = None,
     batch_size: int = 32,
     block_size: int = 512,
-    shard_size: int = 100_000,
+    shard_size: int = 10_000,
     dtype: str = "float16",
     with_pooled: bool = True,
     mode: str = "create",
