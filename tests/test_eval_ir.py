@@ -1,0 +1,138 @@
+"""Smoke tests of the IR evaluation scripts (eval/run_msmarco.py, eval/run_trec.py): each runs
+in-process on a tiny slice of the real data with the tiny random BERT and a few training steps,
+and must write the contract's outputs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+EVAL = Path(__file__).resolve().parents[1] / "eval"
+if str(EVAL) not in sys.path:
+    sys.path.insert(0, str(EVAL))
+
+# The tiny BERT has 128 positions.
+TINY = ["--query-max-length", "24", "--candidate-max-length", "64"]
+SYSTEMS = ["bm25", "dual-zeroshot", "mixencoder-zeroshot", "mixencoder"]
+
+
+def _check_outputs(out: Path, measures: list[str], systems: list[str] = SYSTEMS) -> dict:
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sorted(metrics) == sorted(systems)
+    for system in systems:
+        assert (out / "runs" / f"{system}.trec").is_file()
+        assert set(measures) <= set(metrics[system])
+        for m in measures:
+            assert 0.0 <= metrics[system][m] <= 1.0
+    for system in systems:
+        if system != "bm25":
+            assert metrics[system]["ms_per_query"] > 0
+            assert metrics[system]["store_bytes"] > 0
+    notes = json.loads((out / "notes.json").read_text())
+    assert "paired_differences" in notes
+    return metrics
+
+
+def _same_per_query(out: Path, a: str, b: str) -> None:
+    per_query = json.loads((out / "per_query.json").read_text())
+    for measure, values in per_query[a].items():
+        assert values == pytest.approx(per_query[b][measure], abs=1e-9), measure
+
+
+def test_run_msmarco_cv_smoke(shared_data: Path, tiny_backbone_dir: Path, tmp_path: Path, capsys) -> None:
+    import run_msmarco
+
+    out = tmp_path / "out"
+    args = [
+        "--data-dir", str(shared_data / "msmarco" / "dl20"), "--limit-queries", "6", "--depth", "20",
+        "--folds", "2", "--budget", "3steps", "--backbone", str(tiny_backbone_dir), *TINY,
+        "--out", str(out), "--cache", str(tmp_path / "cache"),
+    ]
+    run_msmarco.main(args)
+    measures = ["RR(rel=2)@10", "nDCG@10", "R(rel=2)@1", "R(rel=2)@1000"]
+    metrics = _check_outputs(out, measures)
+    printed = capsys.readouterr().out
+    assert "mixencoder - dual-zeroshot [nDCG@10]" in printed
+    assert "mixencoder - bm25 [RR(rel=2)@10]" in printed
+    # The untrained pooled-residual MixEncoder is the dual encoder, query by query.
+    _same_per_query(out, "mixencoder-zeroshot", "dual-zeroshot")
+    # Reranking keeps the candidate set: recall at 1000 is the first stage's for every system.
+    assert len({round(v["R(rel=2)@1000"], 9) for v in metrics.values()}) == 1
+    runs = {s: (out / "runs" / f"{s}.trec").read_text().split("\n") for s in SYSTEMS}
+    assert all(len([line for line in r if line]) == 6 * 20 for r in runs.values())
+    # Every query is scored by the fold model that did not train on it.
+    notes = json.loads((out / "notes.json").read_text())
+    folds = notes["folds"]
+    assert sorted(q for fold in folds for q in fold) == sorted({line.split()[0] for line in runs["mixencoder"] if line})
+    assert all(info["train_queries"] == 6 - len(test) for info, test in zip(notes["training"].values(), folds))
+
+    # A second run reuses the trained models and stores and gives the same numbers.
+    run_msmarco.main(args + ["--systems", "mixencoder"])
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["mixencoder"]["nDCG@10"] == pytest.approx(metrics["mixencoder"]["nDCG@10"])
+
+
+def test_run_msmarco_train_dir_and_bm25_index(shared_data: Path, tiny_backbone_dir: Path, tmp_path: Path) -> None:
+    """Without a run file a BM25 index is built over collection.tsv; --train-dir reads triples."""
+    import run_msmarco
+    from mixencoder.data import read_qrels, read_run, read_topics
+
+    dl20 = shared_data / "msmarco" / "dl20"
+    queries = read_topics(dl20 / "queries.tsv")
+    qrels = read_qrels(dl20 / "qrels.txt")
+    run = read_run(dl20 / "bm25.top100.trec")
+    qids = list(qrels)[:3]
+    keep = {d for q in qids for d in run[q]}
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = [line for line in (dl20 / "collection.tsv").read_text(encoding="utf-8").splitlines()
+             if line.split("\t", 1)[0] in keep]
+    (data / "collection.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (data / "queries.tsv").write_text("".join(f"{q}\t{queries[q]}\n" for q in qids), encoding="utf-8")
+    (data / "qrels.txt").write_text(
+        "".join(f"{q} 0 {d} {g}\n" for q in qids for d, g in qrels[q].items()), encoding="utf-8"
+    )
+    texts = dict(line.split("\t", 1) for line in lines)
+    train = tmp_path / "train"
+    train.mkdir()
+    triples = []
+    for q in qids:
+        pos = [d for d, g in qrels[q].items() if g >= 2 and d in texts][:2]
+        neg = [d for d in run[q] if qrels[q].get(d, 0) == 0 and d in texts][:2]
+        triples += [f"{queries[q]}\t{texts[p]}\t{texts[n]}\n" for p, n in zip(pos, neg)]
+    (train / "triples.train.small.tsv").write_text("".join(triples), encoding="utf-8")
+
+    out = tmp_path / "out"
+    run_msmarco.main([
+        "--data-dir", str(data), "--train-dir", str(train), "--depth", "10", "--budget", "2steps",
+        "--batch-size", "4", "--backbone", str(tiny_backbone_dir), *TINY, "--out", str(out),
+        "--cache", str(tmp_path / "cache"),
+    ])
+    metrics = _check_outputs(out, ["RR(rel=2)@10", "nDCG@10", "R(rel=2)@1", "R(rel=2)@1000"])
+    assert metrics["bm25"]["ms_per_query"] > 0  # retrieved here, so timed
+    notes = json.loads((out / "notes.json").read_text())
+    assert notes["data"]["first_stage"].startswith("Pyserini BM25 k1=0.82 b=0.68")
+    assert notes["training"]["train-dir"]["examples"] == len(triples)
+    bm25_lines = [line for line in (out / "runs" / "bm25.trec").read_text().splitlines() if line]
+    assert len(bm25_lines) == 3 * 10
+
+
+def test_run_trec_cv_smoke(shared_data: Path, tiny_backbone_dir: Path, tmp_path: Path) -> None:
+    import run_trec
+
+    out = tmp_path / "out"
+    run_trec.main([
+        "--data-dir", str(shared_data / "vaswani"), "--limit-queries", "6", "--depth", "20", "--folds", "2",
+        "--budget", "3steps", "--backbone", str(tiny_backbone_dir), *TINY, "--out", str(out),
+        "--cache", str(tmp_path / "cache"),
+    ])
+    metrics = _check_outputs(out, ["nDCG@10", "RR@10", "AP", "R@20"])
+    assert metrics["bm25"]["ms_per_query"] > 0
+    _same_per_query(out, "mixencoder-zeroshot", "dual-zeroshot")
+    assert len({round(v["R@20"], 9) for v in metrics.values()}) == 1
+    notes = json.loads((out / "notes.json").read_text())
+    assert notes["data"]["first_stage"] == "Pyserini BM25 k1=0.9 b=0.4, top 20"
+    assert notes["data"]["documents"] == 11429
