@@ -43,7 +43,8 @@ Systems (``--systems``, default all):
   and ``collection.tsv`` from ``--train-dir`` or ``--data-dir``; the first ``--train-limit``
   triples, each negative a hard negative), evaluated on every query.
 
-CV training pairs: a positive is a passage judged grade >= 2 (``--min-grade``) whose text is in
+CV training pairs: a positive is a passage judged grade >= 2 (``--min-grade``; 1 on binary
+qrels) whose text is in
 the collection (DL20: 613 pairs over 52 queries; 1,053 judged-relevant passages have no text
 here). Hard negatives (``--negatives``) come from the first-stage ranking of the training
 queries, best-ranked first, at most ``--max-negatives`` per query: ``judged`` (judged grade 0),
@@ -54,7 +55,8 @@ step. A query without a negative of the chosen kind falls back to ``both``.
 Measures (ir-measures, keys are ``str(measure)``): ``RR(rel=2)@10`` (MRR@10 with grades >= 2
 relevant, the TREC DL convention), ``nDCG@10`` (graded), ``R(rel=2)@1`` and
 ``R(rel=2)@1000`` (recall at 1000 of the candidate set: the first stage's, so the same for
-every reranker). Also ``ms_per_query`` (online reranking time per query through the product's
+every reranker). On binary qrels (every grade <= 1, e.g. MS MARCO dev) the same measures are
+taken at rel=1: ``RR@10``, ``nDCG@10``, ``R@1``, ``R@1000``. Also ``ms_per_query`` (online reranking time per query through the product's
 Reranker: query encoding, store gather, scoring) and ``store_bytes`` (the candidate store on
 disk without its FAISS search index; the sum over folds for the CV model, whose folds rerank
 disjoint query sets with different models). The paired per-query differences of ``mixencoder``
@@ -111,6 +113,8 @@ Qrels = dict[str, dict[str, int]]
 SYSTEMS = ("bm25", "dual-zeroshot", "mixencoder-zeroshot", "mixencoder")
 NEGATIVE_KINDS = ("judged", "unjudged", "both", "none")
 MSMARCO_MEASURES = ["RR(rel=2)@10", "nDCG@10", "R(rel=2)@1", "R(rel=2)@1000"]
+#: The same for binary qrels (MS MARCO dev: every judgment is grade 1).
+MSMARCO_BINARY_MEASURES = ["RR@10", "nDCG@10", "R@1", "R@1000"]
 
 
 # ---------------------------------------------------------------------- the task
@@ -283,7 +287,7 @@ def store_size(store: Any) -> int:
 
 
 def add_ir_args(p: argparse.ArgumentParser, *, depth: int, negatives: str, lr: float, hard_negatives: int,
-                est_step_seconds: float, min_grade: int) -> None:
+                est_step_seconds: float, min_grade: int | None) -> None:
     """The options shared by the IR scripts (beyond eval/common.py's)."""
     p.add_argument("--depth", type=int, default=depth, help=f"candidates per query (default {depth})")
     p.add_argument("--limit-queries", type=int, default=None, help="evaluate only the first N queries")
@@ -295,7 +299,8 @@ def add_ir_args(p: argparse.ArgumentParser, *, depth: int, negatives: str, lr: f
                    help=f"hard negatives per query per step (default {hard_negatives}; 0 with --negatives none)")
     p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr:g})")
     p.add_argument("--min-grade", type=int, default=min_grade,
-                   help=f"smallest judged grade that is a training positive (default {min_grade})")
+                   help="smallest judged grade that is a training positive "
+                   f"(default {min_grade or '2 on graded qrels, 1 on binary ones'})")
     p.add_argument("--k", type=int, default=1, help="context embeddings per candidate (fresh models)")
     p.add_argument("--interaction-layers", type=int, nargs="+", default=None,
                    help="1-based interaction layers of fresh models (default: the last)")
@@ -591,7 +596,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     p = common.parser(
         __doc__.split("\n\n")[0], data_dir="../shared/data/msmarco/dl20", out="runs/msmarco", budget="12m", folds=5
     )
-    add_ir_args(p, depth=1000, negatives="judged", lr=2e-5, hard_negatives=1, est_step_seconds=3.0, min_grade=2)
+    add_ir_args(p, depth=1000, negatives="judged", lr=2e-5, hard_negatives=1, est_step_seconds=3.0, min_grade=None)
     p.add_argument("--queries", default=None, help="queries file in --data-dir (default: queries*.tsv)")
     p.add_argument("--qrels", default=None, help="qrels file in --data-dir (default: qrels*)")
     p.add_argument("--run", default=None, help="first-stage run in --data-dir ('none': build a BM25 index)")
@@ -641,14 +646,16 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     lacking = {d for hits in run.values() for d in hits} - set(texts)
     if lacking:
         raise SystemExit(f"{len(lacking)} candidates have no text in {collection}: {sorted(lacking)[:5]}")
+    graded = max((g for q in qids for g in qrels[q].values()), default=0) >= 2
+    notes["qrels"] = "graded (relevant: grade >= 2)" if graded else "binary (relevant: grade >= 1)"
     task = IRTask(
         name=f"msmarco-{data.name}",
         queries={q: queries[q] for q in qids},
         qrels={q: qrels[q] for q in qids},
         run=run,
         texts=texts,
-        measures=list(MSMARCO_MEASURES),
-        min_grade=args.min_grade,
+        measures=list(MSMARCO_MEASURES if graded else MSMARCO_BINARY_MEASURES),
+        min_grade=args.min_grade if args.min_grade is not None else (2 if graded else 1),
         notes=notes,
     )
     loader = None
@@ -659,7 +666,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             limit = min(limit, budget.steps * args.batch_size)
         loader = lambda: load_msmarco_triples(args.train_dir, data, limit)  # noqa: E731
     metrics = evaluate(
-        args, task, train_examples=loader, first_stage_extra=extra, comparisons_on=("nDCG@10", "RR(rel=2)@10")
+        args, task, train_examples=loader, first_stage_extra=extra, comparisons_on=("nDCG@10", task.measures[0])
     )
     print(f"total wall time {(time.perf_counter() - start) / 60:.1f} min")
     return metrics

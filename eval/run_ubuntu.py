@@ -23,7 +23,8 @@ Systems (``--systems``, default all):
   context. Tokenisation: lowercase, then ``\\w+`` runs (no stemming, no stopword list;
   ``__user__`` nick masks stay one token with a low idf). idf is Lucene's
   ``ln(1 + (N - df + 0.5) / (df + 0.5))``; a query term that occurs ``n`` times counts ``n``
-  times, as in a Lucene bag-of-words query.
+  times, as in a Lucene bag-of-words query. With ``--folds K`` the statistics come from the
+  candidate texts of the K-1 training folds.
 * ``dual-zeroshot``: :class:`mixencoder.models.DualEncoder` over the backbone (bundled
   all-MiniLM-L6-v2): mean-pooled cosine, no training.
 * ``mixencoder-zeroshot``: a fresh MixEncoder with ``pooled_residual=True``; its mixing weights

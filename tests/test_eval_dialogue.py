@@ -71,6 +71,23 @@ def test_run_ubuntu_smoke(tmp_path, shared_data, tiny_backbone_dir, capsys):
     }
 
 
+def test_run_ubuntu_folds_smoke(tmp_path, shared_data, tiny_backbone_dir):
+    argv = tiny_args(tmp_path, tiny_backbone_dir) + [
+        "--data-dir", str(shared_data / "ubuntu" / "v2"),
+        "--limit-eval", "8",
+        "--folds", "2",
+        "--systems", "bm25", "mixencoder",
+    ]
+    assert run_ubuntu.main(argv) == 0
+    out = tmp_path / "out"
+    notes = json.loads((out / "notes.json").read_text())
+    assert set(notes["training"]) == {"fold0", "fold1"}
+    assert all(info["steps"] == 1 for info in notes["training"].values())  # 2 steps split over 2 folds
+    for system in ("bm25", "mixencoder"):
+        lines = (out / "runs" / f"{system}.trec").read_text().splitlines()
+        assert len({line.split()[0] for line in lines}) == 8
+
+
 def test_run_dstc7_smoke(tmp_path, shared_data, tiny_backbone_dir):
     argv = tiny_args(tmp_path, tiny_backbone_dir) + [
         "--data-dir", str(shared_data / "ubuntu" / "dstc7"),
