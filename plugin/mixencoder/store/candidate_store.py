@@ -551,12 +551,16 @@ class CandidateStore:
         shard_of = np.searchsorted(self._starts, rows, side="right") - 1
         begins = np.zeros(n, dtype=np.int64)
         lengths = np.zeros(n, dtype=np.int64)
+        # Group the request by shard with one sort (not one scan of the request per shard).
+        order = np.argsort(shard_of, kind="stable")
+        cuts = np.searchsorted(shard_of[order], np.arange(len(self._shards) + 1))
         groups = []  # (shard, positions in the request, local rows), one per shard touched
-        for s in np.unique(shard_of):
+        for s in np.flatnonzero(np.diff(cuts)):
             shard = self._shards[s]
-            sel = np.flatnonzero(shard_of == s)
+            sel = order[cuts[s] : cuts[s + 1]]
             local = rows[sel] - shard.start
-            b, e = shard.offsets[local], shard.offsets[local + 1]
+            offsets = shard.offsets.view(np.ndarray)  # plain view: np.memmap indexing is slow
+            b, e = offsets[local], offsets[local + 1]
             begins[sel], lengths[sel] = b, e - b
             groups.append((shard, sel, local))
 
@@ -565,16 +569,22 @@ class CandidateStore:
         pooled = None if self.pooled_dim is None else np.zeros((n, self.pooled_dim), np.float32)
         for shard, sel, local in groups:
             lens = lengths[sel]
-            total = int(lens.sum())
-            # Flatten the ranges [begin_i, begin_i + len_i) into one fancy index into the mmap,
-            # so each shard costs one read call whatever the number of candidates.
-            ends_excl = np.cumsum(lens) - lens
-            within = np.arange(total) - np.repeat(ends_excl, lens)
-            flat_rows = np.repeat(begins[sel], lens) + within
-            vectors[np.repeat(sel, lens), within] = shard.vectors[flat_rows]
+            source = shard.vectors.view(np.ndarray)
+            if (lens == m).all():
+                # Every candidate has m vectors (any fixed-k model): one block copy, no padding.
+                flat_rows = (begins[sel][:, None] + np.arange(m)).ravel()
+                vectors[sel] = source[flat_rows].reshape(len(sel), m, self.dim)
+            else:
+                # Flatten the ranges [begin_i, begin_i + len_i) into one fancy index into the
+                # mmap, so each shard costs one read call whatever the number of candidates.
+                total = int(lens.sum())
+                ends_excl = np.cumsum(lens) - lens
+                within = np.arange(total) - np.repeat(ends_excl, lens)
+                flat_rows = np.repeat(begins[sel], lens) + within
+                vectors[np.repeat(sel, lens), within] = source[flat_rows]
             if pooled is not None:
                 assert shard.pooled is not None
-                pooled[sel] = shard.pooled[local]
+                pooled[sel] = shard.pooled.view(np.ndarray)[local]
         return CandidateReps(
             vectors=torch.from_numpy(vectors),
             lengths=torch.from_numpy(lengths),
