@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-seconds", type=float, default=None,
                         help="time budget of this invocation; re-run to continue")
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
+    parser.add_argument("--new-params-lr-scale", type=float, default=1.0,
+                        help="lr multiplier for parameters with no pre-trained counterpart "
+                        "(gates, special tokens, mixing weights, heads); default 1")
     parser.add_argument("--hard-negatives", type=int, default=0, help="hard negatives per query")
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=42)
@@ -265,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
         mixed_precision=args.mixed_precision,
+        new_parameters_lr_scale=args.new_params_lr_scale,
     )
     result = train(model, examples, config, output_dir=args.out, resume=not args.no_resume,
                    device=args.device)

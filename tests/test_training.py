@@ -138,9 +138,9 @@ def test_schedule_warms_up_then_decays_and_never_runs_at_zero():
 def test_no_weight_decay_on_bias_layernorm_and_scalars(tiny_model_factory):
     model = tiny_model_factory(**SMALL)
     optimizer, names = build_optimizer(model, TrainingConfig())
-    decay_group, plain_group = optimizer.param_groups
-    decayed = set(names[: len(decay_group["params"])])
-    assert decay_group["weight_decay"] == 0.01 and plain_group["weight_decay"] == 0.0
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    decayed = {by_id[id(p)] for g in optimizer.param_groups if g["weight_decay"] for p in g["params"]}
+    assert {g["weight_decay"] for g in optimizer.param_groups} == {0.01, 0.0}
     assert "alpha" not in decayed and "beta" not in decayed
     assert not any(n.endswith("bias") or "LayerNorm" in n or "norm." in n for n in decayed)
     assert "interaction.0.query.weight" in decayed
@@ -307,3 +307,22 @@ def test_training_starts_from_the_given_weights(tiny_model_factory, tmp_path):
     for name, p in model.named_parameters():
         assert torch.allclose(p, before[name], atol=1e-9), name
     assert float(model.alpha.detach()) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_new_parameters_get_their_own_learning_rate(tiny_model_factory):
+    """new_parameters_lr_scale multiplies the lr of exactly the model's new_parameter_names()."""
+    from mixencoder.training.trainer import build_optimizer
+
+    model = tiny_model_factory(pooled_residual=True)
+    fresh = set(model.new_parameter_names())
+    assert {"alpha", "beta"} <= fresh and not any(n.startswith("backbone.") for n in fresh)
+    assert any(".gate." in n for n in fresh) and not any(".query." in n for n in fresh)
+    optimizer, names = build_optimizer(model, TrainingConfig(new_parameters_lr_scale=30.0))
+    assert sorted(names) == sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        expected = 30.0 if by_id[id(group["params"][0])] in fresh else 1.0
+        assert group["lr_scale"] == expected
+        assert all((by_id[id(p)] in fresh) == (expected == 30.0) for p in group["params"])
+    with pytest.raises(ValueError, match="new_parameters_lr_scale"):
+        TrainingConfig(new_parameters_lr_scale=0)

@@ -183,6 +183,11 @@ class PretrainedScorer(nn.Module):
             )
         return model.eval()
 
+    def new_parameter_names(self) -> list[str]:
+        """Parameters outside the pre-trained backbone (heads, codes, projections): the trainer
+        may give them a larger learning rate (``TrainingConfig.new_parameters_lr_scale``)."""
+        return [n for n, _ in self.named_parameters() if not n.startswith("backbone.")]
+
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json`` (with ``model_type``), ``model.safetensors`` and the tokenizer."""
         from safetensors.torch import save_file

@@ -276,6 +276,15 @@ class MixEncoder(nn.Module):
     def device(self) -> torch.device:
         return self.special_or_codes.device
 
+    def new_parameter_names(self) -> list[str]:
+        """Parameters with no pre-trained counterpart (the trainer may give them a larger
+        learning rate): gates, special tokens or context codes, mixing weights, scale, head.
+        The interaction layers' other weights are copies of backbone layers, so not new."""
+        return [
+            n for n, _ in self.named_parameters()
+            if not n.startswith("backbone.") and (not n.startswith("interaction.") or ".gate." in n)
+        ]
+
     @property
     def special_or_codes(self) -> torch.Tensor:
         return self.special_embeddings if self.config.strategy == "S" else self.context_codes

@@ -303,22 +303,29 @@ def build_optimizer(
     for module in model.modules():
         if isinstance(module, nn.LayerNorm):
             no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
-    decay, no_decay, decay_names, no_decay_names = [], [], [], []
+    fresh = set(getattr(model, "new_parameter_names", lambda: ())())
+    # (decay?, fresh?) -> names; fixed group order so a checkpoint's state maps back by name.
+    buckets: dict[tuple[bool, bool], list[tuple[str, nn.Parameter]]] = {
+        key: [] for key in ((True, False), (False, False), (True, True), (False, True))
+    }
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if id(p) in no_decay_ids or name.endswith("bias") or p.dim() == 0:
-            no_decay.append(p)
-            no_decay_names.append(name)
-        else:
-            decay.append(p)
-            decay_names.append(name)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        decays = not (id(p) in no_decay_ids or name.endswith("bias") or p.dim() == 0)
+        buckets[(decays, name in fresh)].append((name, p))
+    groups, names = [], []
+    for (decays, is_fresh), members in buckets.items():
+        if not members:
+            continue
+        groups.append({
+            "params": [p for _, p in members],
+            "weight_decay": config.weight_decay if decays else 0.0,
+            # the trainer sets each step's lr as peak x schedule x this scale
+            "lr_scale": config.new_parameters_lr_scale if is_fresh else 1.0,
+        })
+        names.extend(n for n, _ in members)
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
-    return optimizer, decay_names + no_decay_names
+    return optimizer, names
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -519,7 +526,7 @@ def _train(
 
             lr = config.learning_rate * lr_factor(state.global_step, total_steps, warmup_steps)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             with _autocast(dev, autocast_dtype):
                 loss = train_step(wrapped, batch)
             # The global batch's loss (the mean of the ranks' equal-sized slices): identical on
