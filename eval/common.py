@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import sys
 import time
@@ -27,6 +28,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from mixencoder import CandidateStore, MixEncoder, Reranker
 from mixencoder.data import write_run
 from mixencoder.evaluation import evaluate_per_query, paired_difference
+from mixencoder.models.registry import SYSTEMS as MODEL_SYSTEMS
+from mixencoder.models.registry import MODEL_TYPES, build_system, load_model
+from mixencoder.training import MatchingExample
 from mixencoder.training import TrainingConfig, train
 
 logger = logging.getLogger("eval")
@@ -47,6 +51,9 @@ def parser(description: str, *, data_dir: str, out: str, budget: str, folds: int
     p.add_argument("--budget", default=budget, help="training budget: e.g. 600s, 10m, 500steps (split over folds)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch-size", type=int, default=16, help="training batch size (in-batch negatives)")
+    p.add_argument("--new-params-lr-scale", type=float, default=1.0,
+                   help="lr multiplier for parameters with no pre-trained counterpart (gates, special "
+                   "tokens, mixing weights, heads); default 1")
     p.add_argument("--out", type=Path, default=Path(out), help=f"output directory (default {out})")
     p.add_argument("--cache", type=Path, default=Path("work/cache"), help="cached stores/checkpoints")
     return p
@@ -79,6 +86,53 @@ class Budget:
         return Budget(seconds=(self.seconds or 0) / parts)
 
 
+# ---------------------------------------------------------------------- systems
+
+#: Trainable systems besides the script's own ``mixencoder``: the paper's baselines and
+#: MixEncoder variants by their registry names (``dual``, ``cross``, ``poly-64``, ...).
+#: Each is trained with the same data, budget and settings as ``mixencoder``.
+BASELINE_SYSTEMS = tuple(MODEL_SYSTEMS)
+
+
+def system_config(system: str, model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The fresh-model config of ``system``: the script's own ``mixencoder`` takes
+    ``model_config`` whole; a registry system keeps its own architecture and takes only the
+    truncation lengths (and the pooled-residual initialisation if it is a MixEncoder)."""
+    if system == "mixencoder":
+        return dict(model_config)
+    config = {k: model_config[k] for k in ("query_max_length", "candidate_max_length") if k in model_config}
+    if MODEL_SYSTEMS[system][0] == "mixencoder":
+        config["pooled_residual"] = model_config.get("pooled_residual", True)
+    return config
+
+
+def trains_on_listed_negatives(system: str) -> bool:
+    """Whether ``system`` trains only on each query's listed candidates (no B x B in-batch
+    matrix: a cross-encoder or Deformer runs one joint forward per pair)."""
+    cls = MixEncoder if system == "mixencoder" else MODEL_TYPES[MODEL_SYSTEMS[system][0]]
+    return not getattr(cls, "supports_in_batch_negatives", True)
+
+
+def with_sampled_negatives(examples: Sequence[MatchingExample], seed: int) -> list[MatchingExample]:
+    """Each example plus one negative: another example's positive, drawn with a fixed seed.
+
+    For models that cannot score a B x B in-batch matrix (a cross-encoder runs one forward per
+    pair): they train on each query's own 1 + h candidates, so without listed negatives the
+    random in-batch negatives are made explicit here.
+    """
+    rng = random.Random(seed)
+    out = []
+    n = len(examples)
+    for i, e in enumerate(examples):
+        if e.negatives or n < 2:
+            out.append(e)
+            continue
+        j = rng.randrange(n - 1)
+        j += j >= i
+        out.append(MatchingExample(e.query, e.positive, (examples[j].positive,), e.query_id, e.positive_id))
+    return out
+
+
 # ---------------------------------------------------------------------- caching
 
 
@@ -103,10 +157,14 @@ def train_cached(
     task: str = "matching",
     hard_negatives: int = 0,
     learning_rate: float = 2e-5,
-) -> tuple[MixEncoder, dict[str, Any]]:
-    """Train a fresh MixEncoder on ``examples`` (or reuse the finished run with the same inputs).
+    system: str = "mixencoder",
+    new_parameters_lr_scale: float = 1.0,
+) -> tuple[Any, dict[str, Any]]:
+    """Train a fresh ``system`` on ``examples`` (or reuse the finished run with the same inputs).
 
-    An interrupted run resumes from its checkpoint when the script is run again.
+    ``system`` is ``"mixencoder"`` (a MixEncoder with ``model_config``) or a registry name
+    (:data:`BASELINE_SYSTEMS`; ``model_config`` then overrides its config fields). An
+    interrupted run resumes from its checkpoint when the script is run again.
     """
     config = TrainingConfig(
         task=task,
@@ -118,15 +176,19 @@ def train_cached(
         max_seconds=budget.seconds,
         epochs=1000 if budget.steps is None else 1,  # a time budget: cycle the data until it ends
         checkpoint_every=200,
+        new_parameters_lr_scale=new_parameters_lr_scale,
     )
-    key = fingerprint(name, [repr(e) for e in examples], config.identity(), dict(model_config), backbone)
+    key = fingerprint(name, [repr(e) for e in examples], config.identity(), dict(model_config), backbone, system)
     out = cache / "train" / f"{name}-{key}"
     done = out / "final" / "config.json"
     info_path = out / "train_info.json"
     if done.is_file() and info_path.is_file():
         logger.info("reusing trained model %s", out / "final")
-        return MixEncoder.from_pretrained(out / "final"), json.loads(info_path.read_text())
-    model = MixEncoder.from_pretrained(backbone, **model_config)
+        return load_model(out / "final"), json.loads(info_path.read_text())
+    if system == "mixencoder":
+        model = MixEncoder.from_pretrained(backbone, **model_config)
+    else:
+        model = build_system(system, backbone, **model_config)
     result = train(model, list(examples), config, output_dir=out, resume=True)
     info = {
         "steps": result.global_step,
@@ -137,7 +199,7 @@ def train_cached(
         "last_loss": round(sum(result.losses[-20:]) / max(len(result.losses[-20:]), 1), 4) if result.losses else None,
     }
     _write_json(info_path, info)
-    return MixEncoder.from_pretrained(result.final_dir), info
+    return load_model(result.final_dir), info
 
 
 def store_cached(model: Any, docs: Mapping[str, str], *, cache: Path, name: str) -> CandidateStore:
@@ -147,7 +209,13 @@ def store_cached(model: Any, docs: Mapping[str, str], *, cache: Path, name: str)
     if (path / "manifest.json").is_file():
         return CandidateStore.open(path, model=model)
     mode = "resume" if path.exists() else "create"
-    return CandidateStore.build(path, model, sorted(docs.items()), mode=mode, show_progress_bar=True)
+    # Keep pooled vectors (and their FAISS copy) only for models that produce them: a
+    # cross-encoder, ColBERT or a Poly-encoder stores token states or ids and no pooled vector.
+    first = next(iter(docs.values()))
+    with_pooled = model.encode_candidates([first], batch_size=1, show_progress_bar=False).pooled is not None
+    return CandidateStore.build(
+        path, model, sorted(docs.items()), mode=mode, show_progress_bar=True, with_pooled=with_pooled
+    )
 
 
 # ---------------------------------------------------------------------- reranking

@@ -89,7 +89,10 @@ from typing import Any, Callable, Mapping, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from common import Budget, Results, fingerprint, rerank_queries, setup_logging, store_cached, train_cached  # noqa: E402
+from common import (  # noqa: E402
+    BASELINE_SYSTEMS, Budget, Results, fingerprint, rerank_queries, setup_logging, store_cached, system_config,
+    train_cached, trains_on_listed_negatives, with_sampled_negatives,
+)
 
 from mixencoder import CandidateReps, DualEncoder, MixEncoder  # noqa: E402
 from mixencoder.data import (  # noqa: E402
@@ -291,7 +294,11 @@ def add_ir_args(p: argparse.ArgumentParser, *, depth: int, negatives: str, lr: f
     """The options shared by the IR scripts (beyond eval/common.py's)."""
     p.add_argument("--depth", type=int, default=depth, help=f"candidates per query (default {depth})")
     p.add_argument("--limit-queries", type=int, default=None, help="evaluate only the first N queries")
-    p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS), help="systems to run")
+    p.add_argument(
+        "--systems", nargs="+", choices=SYSTEMS + BASELINE_SYSTEMS, default=list(SYSTEMS), metavar="SYSTEM",
+        help=f"default: {' '.join(SYSTEMS)}; also trainable: {' '.join(BASELINE_SYSTEMS)} (the paper's "
+        "baselines and MixEncoder variants, trained exactly like mixencoder)",
+    )
     p.add_argument("--negatives", choices=NEGATIVE_KINDS, default=negatives,
                    help=f"hard negatives for CV training (default {negatives})")
     p.add_argument("--max-negatives", type=int, default=30, help="hard-negative pool per query (default 30)")
@@ -377,13 +384,17 @@ def evaluate(
         del memo, fresh
         timings["zeroshot_s"] = time.perf_counter() - start
 
-    if "mixencoder" in args.systems:
+    trained = [s for s in args.systems if s == "mixencoder" or s in BASELINE_SYSTEMS]
+    all_training: dict[str, Any] = {}
+    for system in trained:
         parts: list[Run] = []
         ms_weighted = 0.0
         bytes_total = 0
         train_info: dict[str, Any] = {}
 
-        def rerank_with(model: MixEncoder, fold_qids: list[str], store_name: str) -> None:
+        config = system_config(system, model_config)
+
+        def rerank_with(model: Any, fold_qids: list[str], store_name: str) -> None:
             nonlocal ms_weighted, bytes_total
             store = store_cached(model, task.docs(fold_qids), cache=args.cache, name=store_name)
             run, ms = rerank_queries(model, store, {q: task.queries[q] for q in fold_qids}, task.candidates(fold_qids))
@@ -391,25 +402,29 @@ def evaluate(
             ms_weighted += ms * len(fold_qids)
             bytes_total += store_size(store)
 
-        if args.model is not None:
+        if system == "mixencoder" and args.model is not None:
             model = MixEncoder.from_pretrained(args.model)
             results.notes["mixencoder_model"] = str(args.model)
             results.notes["model_config"] = {k: v for k, v in model.config.to_dict().items() if k != "backbone_config"}
             rerank_with(model, qids, f"{task.name}-mixencoder-given")
         elif train_examples is not None:
             examples = train_examples()
+            h = args.hard_negatives
+            if trains_on_listed_negatives(system) and h == 0:
+                examples, h = with_sampled_negatives(examples, args.seed), 1
             budget = plan_budget(args.budget, args.est_step_seconds, 1)
             results.notes["budget_per_run"] = {"seconds": budget.seconds, "planned_steps": budget.steps}
             start = time.perf_counter()
             model, info = train_cached(
-                examples, cache=args.cache, name=f"{task.name}-mixencoder-train-dir", budget=budget,
-                seed=args.seed, batch_size=args.batch_size, backbone=args.backbone, model_config=model_config,
-                hard_negatives=args.hard_negatives, learning_rate=args.lr,
+                examples, cache=args.cache, name=f"{task.name}-{system}-train-dir", budget=budget,
+                seed=args.seed, batch_size=args.batch_size, backbone=args.backbone, model_config=config,
+                hard_negatives=h, learning_rate=args.lr, system=system,
+                new_parameters_lr_scale=args.new_params_lr_scale,
             )
-            timings["train_s"] = time.perf_counter() - start
+            timings[f"train_{system}_s"] = time.perf_counter() - start
             train_info["train-dir"] = _with_mixing(info, model)
-            _warn_if_capped(info, budget, "the --train-dir model")
-            rerank_with(model, qids, f"{task.name}-mixencoder-train-dir")
+            _warn_if_capped(info, budget, f"the --train-dir {system}")
+            rerank_with(model, qids, f"{task.name}-{system}-train-dir")
         elif args.folds >= 2:
             folds = kfold_split(qids, args.folds, args.seed)
             budget = plan_budget(args.budget, args.est_step_seconds, len(folds))
@@ -420,26 +435,32 @@ def evaluate(
                     task, train_qids, negatives=args.negatives, max_negatives=args.max_negatives
                 )
                 h = args.hard_negatives if args.negatives != "none" else 0
+                if trains_on_listed_negatives(system) and h == 0:
+                    examples, h = with_sampled_negatives(examples, args.seed), 1
                 start = time.perf_counter()
                 model, info = train_cached(
-                    examples, cache=args.cache, name=f"{task.name}-mixencoder-fold{i}of{len(folds)}",
+                    examples, cache=args.cache, name=f"{task.name}-{system}-fold{i}of{len(folds)}",
                     budget=budget, seed=args.seed, batch_size=args.batch_size, backbone=args.backbone,
-                    model_config=model_config, hard_negatives=h, learning_rate=args.lr,
+                    model_config=config, hard_negatives=h, learning_rate=args.lr, system=system,
+                    new_parameters_lr_scale=args.new_params_lr_scale,
                 )
-                timings[f"train_fold{i}_s"] = time.perf_counter() - start
+                timings[f"train_{system}_fold{i}_s"] = time.perf_counter() - start
                 train_info[f"fold{i}"] = {**counts, **_with_mixing(info, model)}
-                _warn_if_capped(info, budget, f"fold {i}")
-                logger.info("fold %d/%d trained: %s", i + 1, len(folds), train_info[f"fold{i}"])
+                _warn_if_capped(info, budget, f"{system} fold {i}")
+                logger.info("%s fold %d/%d trained: %s", system, i + 1, len(folds), train_info[f"fold{i}"])
                 start = time.perf_counter()
-                rerank_with(model, test_qids, f"{task.name}-mixencoder-fold{i}of{len(folds)}")
-                timings[f"rerank_fold{i}_s"] = time.perf_counter() - start
+                rerank_with(model, test_qids, f"{task.name}-{system}-fold{i}of{len(folds)}")
+                timings[f"rerank_{system}_fold{i}_s"] = time.perf_counter() - start
                 del model
         else:
-            logger.warning("no --model, no --train-dir and --folds < 2: skipping the trained mixencoder")
+            logger.warning("no --model, no --train-dir and --folds < 2: skipping the trained %s", system)
         if parts:
             run = {q: hits for part in parts for q, hits in part.items()}
-            results.add("mixencoder", run, ms_per_query=ms_weighted / max(len(run), 1), store_bytes=bytes_total)
-            results.notes["training"] = train_info
+            results.add(system, run, ms_per_query=ms_weighted / max(len(run), 1), store_bytes=bytes_total)
+            all_training[system] = train_info
+    if all_training:
+        # one system: {fold: info} as before; several: {system: {fold: info}}
+        results.notes["training"] = next(iter(all_training.values())) if len(all_training) == 1 else all_training
 
     comparisons = []
     for measure in comparisons_on:

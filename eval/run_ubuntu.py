@@ -106,7 +106,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from common import Budget, Results, rerank_queries, setup_logging, store_cached, train_cached  # noqa: E402
+from common import (  # noqa: E402
+    BASELINE_SYSTEMS, Budget, Results, rerank_queries, setup_logging, store_cached, system_config, train_cached,
+    trains_on_listed_negatives, with_sampled_negatives,
+)
 
 from mixencoder import DualEncoder, MixEncoder  # noqa: E402
 from mixencoder.data import kfold_split, read_ubuntu_v2_eval, read_ubuntu_v2_train, to_qrels_and_candidates  # noqa: E402
@@ -136,7 +139,11 @@ def add_dialogue_args(
     p.add_argument("--train-file", default=train_file, help=f"file in --train-dir (default {train_file})")
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training records")
     p.add_argument("--limit-eval", type=int, default=None, help="evaluate only the first N examples")
-    p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    p.add_argument(
+        "--systems", nargs="+", choices=SYSTEMS + BASELINE_SYSTEMS, default=list(SYSTEMS), metavar="SYSTEM",
+        help=f"default: {' '.join(SYSTEMS)}; also trainable: {' '.join(BASELINE_SYSTEMS)} (the paper's "
+        "baselines and MixEncoder variants, trained exactly like mixencoder)",
+    )
     p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr:g})")
     p.add_argument("--k", type=int, default=1, help="context embeddings per candidate (default 1)")
     p.add_argument(
@@ -351,7 +358,9 @@ def run_response_selection(
         folds = cv_folds(eval_examples, args.folds, args.seed, args.hard_negatives)
         results.notes["protocol"] = f"{args.folds}-fold query-level CV on the evaluation examples"
     else:
-        need_train = "bm25" in args.systems or ("mixencoder" in args.systems and args.model is None)
+        need_train = "bm25" in args.systems or any(s in args.systems for s in BASELINE_SYSTEMS) or (
+            "mixencoder" in args.systems and args.model is None
+        )
         start = time.perf_counter()
         train_examples, collection = load_train() if need_train else ([], [])
         timings["read_train_s"] = time.perf_counter() - start
@@ -410,10 +419,11 @@ def run_response_selection(
             if system in args.systems:
                 add(system, [neural_run(system, model, fresh, fold, f"{task}-{system}") for fold in folds])
 
-    if "mixencoder" in args.systems:
+    trained = [s for s in args.systems if s == "mixencoder" or s in BASELINE_SYSTEMS]
+    train_info: dict[str, dict[str, Any]] = {}
+    for system in trained:
         parts = []
-        train_info = {}
-        if args.model is not None:
+        if system == "mixencoder" and args.model is not None:
             model = MixEncoder.from_pretrained(args.model)
             results.notes["mixencoder_model"] = str(args.model)
             results.notes["model_config"] = {k: v for k, v in model.config.to_dict().items() if k != "backbone_config"}
@@ -423,6 +433,8 @@ def run_response_selection(
             budget = plan_budget(args.budget, args.est_step_seconds, len(folds))
             results.notes["budget_per_run"] = {"seconds": budget.seconds, "planned_steps": budget.steps}
             tokenizer_model = fresh or MixEncoder.from_pretrained(args.backbone, **model_config)
+            fresh = tokenizer_model
+            config = system_config(system, model_config)
             for fold in folds:
                 contexts = left_truncate_texts(
                     tokenizer_model.tokenizer, [e.query for e in fold.train_examples], args.query_max_length - 2
@@ -431,27 +443,35 @@ def run_response_selection(
                     MatchingExample(c, e.positive, e.negatives, e.query_id, e.positive_id)
                     for c, e in zip(contexts, fold.train_examples)
                 ]
+                h = args.hard_negatives
+                if h == 0 and trains_on_listed_negatives(system):
+                    # cross / deformer score only listed pairs: give each query one sampled negative
+                    examples, h = with_sampled_negatives(examples, args.seed), 1
                 start = time.perf_counter()
                 model, info = train_cached(
                     examples,
                     cache=args.cache,
-                    name=f"{task}-mixencoder-{fold.name}",
+                    name=f"{task}-{system}-{fold.name}",
                     budget=budget,
                     seed=args.seed,
                     batch_size=args.batch_size,
                     backbone=args.backbone,
-                    model_config=model_config,
-                    hard_negatives=args.hard_negatives,
+                    model_config=config,
+                    hard_negatives=h,
                     learning_rate=args.lr,
+                    system=system,
+                    new_parameters_lr_scale=args.new_params_lr_scale,
                 )
-                timings[f"train_{fold.name}_s"] = time.perf_counter() - start
+                timings[f"train_{system}_{fold.name}_s"] = time.perf_counter() - start
                 info["alpha"] = float(model.alpha.detach()) if hasattr(model, "alpha") else None
                 info["beta"] = float(model.beta.detach()) if hasattr(model, "beta") else None
-                train_info[fold.name] = info
-                logger.info("trained %s: %s", fold.name, info)
-                parts.append(neural_run("mixencoder", model, model, fold, f"{task}-mixencoder-{fold.name}"))
-        results.notes["training"] = train_info
-        add("mixencoder", parts)
+                train_info.setdefault(system, {})[fold.name] = info
+                logger.info("trained %s %s: %s", system, fold.name, info)
+                parts.append(neural_run(system, model, tokenizer_model, fold, f"{task}-{system}-{fold.name}"))
+        add(system, parts)
+    if trained:
+        # one system: {fold: info} as before; several: {system: {fold: info}}
+        results.notes["training"] = train_info[trained[0]] if len(trained) == 1 else train_info
 
     timings["wall_s"] = time.perf_counter() - wall
     results.notes["timings"] = {k: round(v, 1) for k, v in timings.items()}

@@ -15,6 +15,7 @@ import pytest
 EVAL_DIR = Path(__file__).resolve().parents[1] / "eval"
 sys.path.insert(0, str(EVAL_DIR))
 
+import common  # noqa: E402
 import run_dstc7  # noqa: E402
 import run_mnli  # noqa: E402
 import run_ubuntu  # noqa: E402
@@ -136,3 +137,37 @@ def test_left_truncation_keeps_the_latest_tokens(minilm):
     text = " ".join(["hello"] * 300 + ["goodbye"])
     cut = run_ubuntu.left_truncate_texts(minilm.tokenizer, [text, "short context"], 20)
     assert cut == [" ".join(["hello"] * 19 + ["goodbye"]), "short context"]
+
+
+def test_run_ubuntu_trains_baselines_like_mixencoder(tmp_path, shared_data, tiny_backbone_dir):
+    """Registry systems (the paper's baselines, MixEncoder variants) train and rerank through the
+    same script; a cross-encoder (no in-batch matrix) gets one sampled negative per query."""
+    systems = ["dual", "cross", "deformer", "mixencoder-b"]
+    argv = tiny_args(tmp_path, tiny_backbone_dir) + [
+        "--data-dir", str(shared_data / "ubuntu" / "v2"),
+        "--limit-eval", "6",
+        "--folds", "2",
+        "--systems", *systems,
+    ]
+    assert run_ubuntu.main(argv) == 0
+    out = tmp_path / "out"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == set(systems)
+    notes = json.loads((out / "notes.json").read_text())
+    assert set(notes["training"]) == set(systems)
+    assert all(info["steps"] == 1 for s in systems for info in notes["training"][s].values())
+    for system in systems:
+        assert 0.0 <= metrics[system]["R@1"] <= 1.0 and metrics[system]["ms_per_query"] > 0
+        lines = (out / "runs" / f"{system}.trec").read_text().splitlines()
+        assert len({line.split()[0] for line in lines}) == 6
+    # Deformer stores per-token lower-layer states: a larger store than the dual encoder's
+    assert metrics["deformer"]["store_bytes"] > metrics["dual"]["store_bytes"]
+
+
+def test_sampled_negatives_never_pick_the_example_itself():
+    from mixencoder.training import MatchingExample
+
+    examples = [MatchingExample(f"q{i}", f"p{i}") for i in range(5)]
+    out = common.with_sampled_negatives(examples, seed=0)
+    assert [e.positive for e in out] == [e.positive for e in examples]
+    assert all(len(e.negatives) == 1 and e.negatives[0] != e.positive for e in out)

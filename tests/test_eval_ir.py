@@ -136,3 +136,24 @@ def test_run_trec_cv_smoke(shared_data: Path, tiny_backbone_dir: Path, tmp_path:
     notes = json.loads((out / "notes.json").read_text())
     assert notes["data"]["first_stage"] == "Pyserini BM25 k1=0.9 b=0.4, top 20"
     assert notes["data"]["documents"] == 11429
+
+
+def test_run_msmarco_trains_baselines(shared_data: Path, tiny_backbone_dir: Path, tmp_path: Path) -> None:
+    """The paper's baselines train on the same folds and rerank through the same stage."""
+    import run_msmarco
+
+    out = tmp_path / "out"
+    systems = ["dual", "cross", "poly-64"]
+    run_msmarco.main([
+        "--data-dir", str(shared_data / "msmarco" / "dl20"), "--limit-queries", "4", "--depth", "10",
+        "--folds", "2", "--budget", "2steps", "--backbone", str(tiny_backbone_dir), *TINY,
+        "--out", str(out), "--cache", str(tmp_path / "cache"), "--systems", "bm25", *systems,
+    ])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"bm25", *systems}
+    notes = json.loads((out / "notes.json").read_text())
+    assert set(notes["training"]) == set(systems)
+    for system in systems:
+        lines = [line for line in (out / "runs" / f"{system}.trec").read_text().split("\n") if line]
+        assert len(lines) == 4 * 10
+        assert metrics[system]["R(rel=2)@1000"] == pytest.approx(metrics["bm25"]["R(rel=2)@1000"])
