@@ -421,6 +421,7 @@ def run_response_selection(
 
     trained = [s for s in args.systems if s == "mixencoder" or s in BASELINE_SYSTEMS]
     train_info: dict[str, dict[str, Any]] = {}
+    truncated: dict[str, list[MatchingExample]] = {}
     for system in trained:
         parts = []
         if system == "mixencoder" and args.model is not None:
@@ -436,13 +437,15 @@ def run_response_selection(
             fresh = tokenizer_model
             config = system_config(system, model_config)
             for fold in folds:
-                contexts = left_truncate_texts(
-                    tokenizer_model.tokenizer, [e.query for e in fold.train_examples], args.query_max_length - 2
-                )
-                examples = [
-                    MatchingExample(c, e.positive, e.negatives, e.query_id, e.positive_id)
-                    for c, e in zip(contexts, fold.train_examples)
-                ]
+                if fold.name not in truncated:  # every system trains on the same truncated contexts
+                    contexts = left_truncate_texts(
+                        tokenizer_model.tokenizer, [e.query for e in fold.train_examples], args.query_max_length - 2
+                    )
+                    truncated[fold.name] = [
+                        MatchingExample(c, e.positive, e.negatives, e.query_id, e.positive_id)
+                        for c, e in zip(contexts, fold.train_examples)
+                    ]
+                examples = truncated[fold.name]
                 h = args.hard_negatives
                 if h == 0 and trains_on_listed_negatives(system):
                     # cross / deformer score only listed pairs: give each query one sampled negative

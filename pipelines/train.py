@@ -9,6 +9,14 @@ Examples::
         --out runs/dstc7 --hard-negatives 1 --k 2 --interaction-layers 4 5 6
     python pipelines/train.py --task nli --format mnli --train multinli_1.0_train.jsonl \\
         --out runs/mnli --max-steps 2000
+    python pipelines/train.py --format msmarco-triples --train triples.tsv --out runs/virt \\
+        --model-type virt --hard-negatives 1 --teacher runs/cross/final --distillation-weight 1
+
+``--model-type`` builds a fresh baseline (``virt``, ``cross``, ...) on the backbone instead of a
+MixEncoder; a saved model of any type is loaded as it is. ``--teacher DIR`` (a saved model,
+typically a trained cross-encoder) with ``--distillation-weight LAMBDA`` trains a VIRT student
+with ``loss + LAMBDA * distillation_loss``; the teacher is not checkpointed, so pass the same
+``--teacher`` again when re-running to resume.
 
 Formats: ``ubuntu-v2`` (train.csv; label-1 rows become pairs, label-0 rows are dropped since
 training uses in-batch negatives), ``dstc7`` (JSON; each correct answer is a positive and the
@@ -37,6 +45,8 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
 
 from mixencoder import MixEncoder
+from mixencoder.models.registry import MODEL_TYPES
+from mixencoder.models.registry import load_model as load_any_model
 from mixencoder.training import MatchingExample, PairExample, TrainingConfig, train
 
 logger = logging.getLogger("train")
@@ -53,7 +63,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--format", required=True,
                         choices=sorted(set(MATCHING_FORMATS) | set(NLI_FORMATS)))
     parser.add_argument("--model", default=None,
-                        help="backbone name/dir or a saved MixEncoder (default: bundled MiniLM)")
+                        help="backbone name/dir or a saved model of any type (default: bundled "
+                        "MiniLM)")
+    parser.add_argument("--model-type", choices=sorted(MODEL_TYPES), default="mixencoder",
+                        help="architecture of a fresh model built on the backbone (a saved "
+                        "--model keeps its own); default mixencoder")
+    parser.add_argument("--teacher", default=None, metavar="DIR",
+                        help="a saved model directory (e.g. a trained cross encoder) to distil "
+                        "from; the student needs distillation_loss (--model-type virt). Not "
+                        "checkpointed: pass it again when resuming")
+    parser.add_argument("--distillation-weight", type=float, default=0.0,
+                        help="lambda of the teacher-distillation term (> 0 with --teacher)")
     parser.add_argument("--out", required=True, help="output directory (checkpoints, final model)")
     parser.add_argument("--limit", type=int, default=None,
                         help="use only the first N training examples")
@@ -92,6 +112,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.format not in formats:
         parser.error(f"--format {args.format} does not fit --task {args.task} "
                      f"({', '.join(formats)})")
+    if args.teacher is not None and not args.distillation_weight > 0:
+        parser.error("--teacher needs --distillation-weight > 0")
+    if args.teacher is None and args.distillation_weight:
+        parser.error("--distillation-weight needs --teacher DIR")
+    if args.distillation_weight < 0:
+        parser.error("--distillation-weight must be >= 0")
+    if args.task == "nli" and (args.teacher is not None or args.model_type != "mixencoder"):
+        parser.error("--task nli trains a MixEncoder only (no --teacher, no --model-type)")
     return args
 
 
@@ -113,10 +141,16 @@ def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def load_model(args: argparse.Namespace) -> MixEncoder:
-    """A fresh MixEncoder on the backbone, or a saved one (whose config is then kept)."""
+def load_model(args: argparse.Namespace) -> Any:
+    """A fresh model of ``--model-type`` on the backbone, or a saved one (whose config is then
+    kept)."""
     overrides = model_overrides(args)
-    if args.model is not None and _is_saved_mixencoder(Path(args.model)):
+    saved = _saved_model_type(Path(args.model)) if args.model is not None else None
+    if (saved is not None and saved != "mixencoder") or (saved is None and args.model_type != "mixencoder"):
+        return _load_baseline(args, saved, overrides)
+    if saved is not None and args.model_type != "mixencoder":
+        raise SystemExit(f"{args.model} is a saved mixencoder, not --model-type {args.model_type}")
+    if saved == "mixencoder":
         model = MixEncoder.from_pretrained(args.model)
         # A saved model keeps its config: only refuse the flags that would contradict it.
         clashes = {k: v for k, v in overrides.items() if getattr(model.config, k) != v}
@@ -129,14 +163,53 @@ def load_model(args: argparse.Namespace) -> MixEncoder:
     return MixEncoder.from_pretrained(args.model, **overrides)
 
 
-def _is_saved_mixencoder(path: Path) -> bool:
+def _load_baseline(args: argparse.Namespace, saved: str | None, overrides: dict[str, Any]) -> Any:
+    """A saved model of another type than MixEncoder, or a fresh ``--model-type`` baseline."""
+    only_mix = sorted(k for k in ("k", "interaction_layers", "strategy") if k in overrides)
+    kind = saved or args.model_type
+    if only_mix:
+        raise SystemExit(f"{only_mix} are MixEncoder settings; a {kind} model has none")
+    if saved is not None:
+        if args.model_type not in ("mixencoder", saved):
+            raise SystemExit(f"{args.model} is a saved {saved}, not --model-type {args.model_type}")
+        model = load_any_model(args.model)
+        clashes = {k: v for k, v in overrides.items() if getattr(model.config, k, v) != v}
+        if clashes:
+            raise SystemExit(
+                f"{args.model} is a saved {saved} with a different config than {clashes}; "
+                "drop those flags or start from a backbone"
+            )
+        return model
+    return load_any_model(args.model, model_type=args.model_type, **overrides)
+
+
+def load_teacher(args: argparse.Namespace) -> Any:
+    """The saved ``--teacher`` model, or ``None``."""
+    if args.teacher is None:
+        return None
+    if _saved_model_type(Path(args.teacher)) is None:
+        raise SystemExit(f"--teacher {args.teacher} is not a saved model directory")
+    return load_any_model(args.teacher)
+
+
+def _saved_model_type(path: Path) -> str | None:
+    """The ``model_type`` of a saved model directory, or ``None`` (a backbone, a hub name)."""
     config = path / "config.json"
     if not config.is_file():
-        return False
+        return None
     try:
-        return json.loads(config.read_text()).get("model_type") == "mixencoder"
+        data = json.loads(config.read_text())
     except (OSError, json.JSONDecodeError):
-        return False
+        return None
+    if data.get("model_type") == "mixencoder":
+        return "mixencoder"
+    if "format_version" in data and "config" in data and data.get("model_type") in MODEL_TYPES:
+        return data["model_type"]
+    return None
+
+
+def _is_saved_mixencoder(path: Path) -> bool:
+    return _saved_model_type(path) == "mixencoder"
 
 
 # ---------------------------------------------------------------------- data glue
@@ -255,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model = load_model(args)
+    teacher = load_teacher(args)
     examples = read_examples(args, model)
     config = TrainingConfig(
         task=args.task,
@@ -269,9 +343,10 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         mixed_precision=args.mixed_precision,
         new_parameters_lr_scale=args.new_params_lr_scale,
+        distillation_weight=args.distillation_weight,
     )
     result = train(model, examples, config, output_dir=args.out, resume=not args.no_resume,
-                   device=args.device)
+                   device=args.device, teacher=teacher)
     logger.info(
         "%s at step %d (%.2f steps/s); final model in %s",
         result.stopped_reason, result.global_step, result.steps_per_second, result.final_dir,

@@ -19,8 +19,18 @@ Our reading of the method, kept simple:
   the separately encoded states with the layer's own query/key projections, is distilled from a
   cross-encoder's attention on the concatenated pair (its query->candidate block, renormalised
   over the candidate tokens). :meth:`VIRT.distillation_loss` computes it against a
-  :class:`~mixencoder.models.cross.CrossEncoder` teacher; adding it to the trainer's loss
-  (``loss + lambda * distillation_loss``) is left to the trainer integration.
+  :class:`~mixencoder.models.cross.CrossEncoder` teacher (same tokenizer, depth and heads).
+
+To train with it, pass a (trained) teacher and a weight ``lambda > 0``; each step's loss is then
+``in-batch loss + lambda * distillation_loss`` over each query's positive and hard negatives::
+
+    from mixencoder.training import TrainingConfig, train
+    config = TrainingConfig(distillation_weight=1.0, hard_negatives_per_query=1)
+    train(virt, examples, config, output_dir="runs/virt", teacher=cross_encoder)
+
+(or ``pipelines/train.py --model-type virt --teacher CROSS_DIR --distillation-weight 1``). The
+teacher is frozen and not checkpointed: resume with the same teacher. Without a teacher VIRT
+trains as a plain dual encoder with the last-layer interaction.
 """
 
 from __future__ import annotations

@@ -51,6 +51,14 @@ class TrainingConfig:
             not from pre-training, and at the backbone's fine-tuning rate (1e-5..5e-5) they
             barely move in a short run (measured: the residual weights moved ~2e-4 in 600
             steps); ``1`` trains everything at one rate.
+        distillation_weight: ``lambda``, the weight of the teacher-distillation term: with a
+            teacher passed to :func:`~mixencoder.training.train` (``teacher=``, a frozen
+            cross-encoder), each matching step's loss is ``loss + lambda x
+            model.distillation_loss(teacher, ...)`` (the model must have ``distillation_loss``,
+            e.g. :class:`~mixencoder.models.virt.VIRT`, whose paper trains with it). Used only
+            when a teacher is given; ``train`` refuses a teacher with ``0`` and a value ``> 0``
+            without a teacher. The teacher itself is not checkpointed: a resumed run must be
+            given the same teacher.
     """
 
     task: Task = "matching"
@@ -67,6 +75,7 @@ class TrainingConfig:
     seed: int = 42
     mixed_precision: MixedPrecision = "auto"
     new_parameters_lr_scale: float = 1.0
+    distillation_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.task not in ("matching", "nli"):
@@ -87,6 +96,12 @@ class TrainingConfig:
             raise ValueError(
                 f"new_parameters_lr_scale must be > 0, got {self.new_parameters_lr_scale}"
             )
+        if not self.distillation_weight >= 0:  # also refuses NaN
+            raise ValueError(
+                f"distillation_weight must be >= 0, got {self.distillation_weight}"
+            )
+        if self.task == "nli" and self.distillation_weight:
+            raise ValueError("distillation_weight only applies to task='matching'")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.max_grad_norm < 0:

@@ -17,6 +17,13 @@ Models that cannot score all query-candidate pairs of a batch (cross-encoders) s
 group_size) -> (B, group_size)``: each query is scored against its own positive (column 0) and
 its ``hard_negatives_per_query`` hard negatives.
 
+Teacher distillation (VIRT): ``train(..., teacher=cross_encoder)`` with
+``TrainingConfig.distillation_weight = lambda > 0`` adds ``lambda x model.distillation_loss(
+teacher, queries, candidates)`` to every matching step's loss, over the pairs of
+:func:`distillation_pairs` (each query with its positive and its hard negatives). The teacher is
+frozen (eval mode, no gradients) and is not checkpointed: pass the same teacher on resume.
+Single-process only (a process group with several ranks refuses a teacher).
+
 Determinism: the data order of epoch e is a permutation drawn from ``(seed, e)``, hard negatives
 of batch b from ``(seed, e, b)``, and the torch/numpy/python RNG states (dropout) travel in the
 checkpoint, so a run interrupted and resumed ends with the same weights as one run straight
@@ -111,7 +118,10 @@ class TrainResult:
         global_step: optimisation steps done in total (across resumes).
         epoch: the epoch the run stands in (0-based; equals ``epochs`` after a full run).
         stopped_reason: ``"completed"`` (planned steps done) or ``"max_seconds"``.
-        losses: the loss of each step run by this invocation.
+        losses: the loss of each step run by this invocation (with a teacher: the total,
+            ``loss + distillation_weight x distillation``).
+        distillation_losses: with a teacher, the unweighted distillation term of each step run
+            by this invocation; empty without one.
         output_dir: the run's directory.
         final_dir: where the final model was saved (``output_dir/final``).
         checkpoint_dir: the resumable checkpoint (``output_dir/checkpoint-latest``).
@@ -127,6 +137,7 @@ class TrainResult:
     final_dir: Path
     checkpoint_dir: Path
     losses: list[float] = field(default_factory=list)
+    distillation_losses: list[float] = field(default_factory=list)
     resumed_from_step: int | None = None
     seconds: float = 0.0
     steps_per_second: float = 0.0
@@ -284,6 +295,36 @@ def train_step(model: nn.Module, batch: Batch) -> torch.Tensor:
     return batch_loss(model, batch)
 
 
+def distillation_pairs(batch: MatchingBatch) -> torch.Tensor:
+    """For each candidate row of a matching batch, the row of its own query.
+
+    ``model.distillation_loss(teacher, queries, candidates)`` (VIRT) takes *aligned* pairs
+    (query i, candidate i), so the pairs distilled are each query with its positive and with its
+    hard negatives (its queries repeated to align with every candidate row it owns): exactly the
+    candidates collated for it, with no extra tokenisation. The in-batch pairs (query i with
+    query j's positive) are left out: they would cost ``B x B`` teacher passes over the
+    concatenated pairs for a term the paper computes on each query's own candidates.
+
+    Returns:
+        ``(number of candidate rows,)`` long indices into the batch's queries.
+    """
+    b = next(iter(batch.queries.values())).shape[0]
+    rows = torch.arange(b)
+    if batch.group_size:  # query i's positive then its negatives, group by group
+        return rows.repeat_interleave(batch.group_size)
+    # b positives in query order, then each query's h hard negatives in query order
+    return torch.cat([rows, rows.repeat_interleave(batch.hard_negatives)])
+
+
+def distillation_term(model: Any, teacher: nn.Module, batch: MatchingBatch) -> torch.Tensor:
+    """The unweighted distillation loss of a matching batch: ``model.distillation_loss`` over
+    :func:`distillation_pairs` (queries repeated to align with their candidates)."""
+    model = _unwrap(model)
+    q_rows = distillation_pairs(batch)
+    queries = {k: v[q_rows.to(v.device)] for k, v in batch.queries.items()}
+    return model.distillation_loss(teacher, queries, batch.candidates)
+
+
 # ---------------------------------------------------------------------- optimisation pieces
 
 
@@ -379,6 +420,7 @@ def train(
     show_progress_bar: bool | None = None,
     device: str | torch.device | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    teacher: nn.Module | None = None,
 ) -> TrainResult:
     """Trains ``model`` in place and saves it to ``output_dir/final``.
 
@@ -403,13 +445,23 @@ def train(
         device: ``None``: this rank's GPU under NCCL, else CUDA if available, else CPU.
         on_step: called as ``on_step(global_step, loss)`` after each step (and its checkpoint),
             on every rank; ``loss`` is the global batch's loss.
+        teacher: a teacher to distill from (task ``"matching"``, single process only), e.g. a
+            trained :class:`~mixencoder.models.cross.CrossEncoder` for a
+            :class:`~mixencoder.models.virt.VIRT` student: each step's loss becomes ``loss +
+            config.distillation_weight x model.distillation_loss(teacher, ...)`` over
+            :func:`distillation_pairs`. The model must have ``distillation_loss`` and
+            ``distillation_weight`` must be > 0. The teacher is frozen here (moved to the
+            device, eval mode, ``requires_grad_(False)``) and is *not* checkpointed: resume with
+            the same teacher (a resumed run without one is refused, since its checkpointed
+            ``distillation_weight`` is > 0).
 
     Returns:
         A :class:`TrainResult` (identical on every rank).
 
     Raises:
-        ValueError: bad examples for the task, a batch size the ranks cannot split evenly, or a
-            checkpoint that does not fit this run.
+        ValueError: bad examples for the task, a batch size the ranks cannot split evenly, a
+            checkpoint that does not fit this run, or a teacher that does not fit (see
+            ``teacher``).
     """
     ctx = D.setup()
     try:
@@ -422,6 +474,7 @@ def train(
             show_progress_bar=show_progress_bar,
             device=device,
             on_step=on_step,
+            teacher=teacher,
             ctx=ctx,
         )
     finally:
@@ -438,10 +491,12 @@ def _train(
     show_progress_bar: bool | None,
     device: str | torch.device | None,
     on_step: Callable[[int, float], None] | None,
+    teacher: nn.Module | None,
     ctx: D.DistContext,
 ) -> TrainResult:
     examples = list(examples)
     _validate(model, examples, config, ctx)
+    _validate_teacher(model, teacher, config, ctx)
     out = output_dir
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device) if device is not None else D.default_device(ctx)
@@ -456,6 +511,8 @@ def _train(
 
     seed_everything(config.seed)
     model.to(dev)
+    if teacher is not None:
+        teacher.to(dev).eval().requires_grad_(False)
     optimizer, param_names = build_optimizer(model, config)
 
     state = TrainerState()
@@ -499,6 +556,7 @@ def _train(
         D.barrier(ctx)
 
     losses: list[float] = []
+    distill_losses: list[float] = []
     recent: deque[float] = deque(maxlen=50)
     stopped = "completed"
     show = _show_progress(show_progress_bar) and ctx.is_main
@@ -529,6 +587,9 @@ def _train(
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             with _autocast(dev, autocast_dtype):
                 loss = train_step(wrapped, batch)
+                if teacher is not None:
+                    distill = distillation_term(model, teacher, batch)
+                    loss = loss + config.distillation_weight * distill
             # The global batch's loss (the mean of the ranks' equal-sized slices): identical on
             # every rank, so every rank takes the same decisions below.
             global_loss = D.mean_over_ranks(loss, ctx)
@@ -545,6 +606,8 @@ def _train(
 
             value = float(global_loss)
             losses.append(value)
+            if teacher is not None:
+                distill_losses.append(float(distill.detach()))
             recent.append(value)
             state.global_step += 1
             state.position += 1
@@ -599,6 +662,7 @@ def _train(
         final_dir=final,
         checkpoint_dir=checkpoint_dir(out),
         losses=losses,
+        distillation_losses=distill_losses,
         resumed_from_step=resumed_from,
         seconds=seconds,
         steps_per_second=steps / seconds if seconds > 0 else 0.0,
@@ -663,6 +727,48 @@ def _validate(
         top = max(e.label for e in examples)
         if top >= num_labels:
             raise ValueError(f"label {top} outside the model's {num_labels} classes")
+
+
+def _validate_teacher(
+    model: Any, teacher: nn.Module | None, config: TrainingConfig, ctx: D.DistContext | None = None
+) -> None:
+    w = config.distillation_weight
+    if teacher is None:
+        if w:
+            raise ValueError(
+                f"distillation_weight={w} but no teacher was given: pass train(..., teacher=...) "
+                "(on resume too: the teacher is not checkpointed), or set it to 0"
+            )
+        return
+    name = type(_unwrap(model)).__name__
+    if config.task != "matching":
+        raise ValueError(f"a teacher only applies to task='matching', got task={config.task!r}")
+    if not callable(getattr(_unwrap(model), "distillation_loss", None)):
+        raise ValueError(
+            f"a teacher was given but {name} has no distillation_loss(teacher, queries, "
+            "candidates) method (only VIRT distills from a teacher)"
+        )
+    if not w > 0:
+        raise ValueError(
+            "a teacher was given but distillation_weight is 0: set TrainingConfig("
+            "distillation_weight=lambda > 0) (the teacher would otherwise be ignored)"
+        )
+    if teacher is _unwrap(model):
+        raise ValueError("the teacher must be a separate model, not the model being trained")
+    if ctx is not None and ctx.distributed:
+        raise ValueError(
+            "teacher distillation is single-process only; run without torchrun (or on one rank)"
+        )
+    # The teacher reads the concatenated pair ([CLS] q [SEP] c [SEP]): it must fit its positions.
+    cfg = getattr(_unwrap(model), "config", None)
+    max_pos = getattr(getattr(getattr(teacher, "backbone", None), "config", None),
+                      "max_position_embeddings", None)
+    q_len, c_len = getattr(cfg, "query_max_length", None), getattr(cfg, "candidate_max_length", None)
+    if max_pos is not None and q_len is not None and c_len is not None and q_len + c_len - 1 > max_pos:
+        raise ValueError(
+            f"query_max_length + candidate_max_length - 1 = {q_len + c_len - 1} tokens exceed "
+            f"the teacher's {max_pos} positions; shorten the student's max lengths"
+        )
 
 
 def _unwrap(model: nn.Module) -> Any:
