@@ -146,7 +146,7 @@ def load_model(args: argparse.Namespace) -> Any:
     kept)."""
     overrides = model_overrides(args)
     saved = _saved_model_type(Path(args.model)) if args.model is not None else None
-    if (saved is not None and saved != "mixencoder") or (saved is None and args.model_type != "mixencoder"):
+    if (saved or args.model_type) != "mixencoder":  # a saved or a fresh baseline
         return _load_baseline(args, saved, overrides)
     if saved is not None and args.model_type != "mixencoder":
         raise SystemExit(f"{args.model} is a saved mixencoder, not --model-type {args.model_type}")

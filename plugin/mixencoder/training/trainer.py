@@ -763,8 +763,9 @@ def _validate_teacher(
     cfg = getattr(_unwrap(model), "config", None)
     max_pos = getattr(getattr(getattr(teacher, "backbone", None), "config", None),
                       "max_position_embeddings", None)
-    q_len, c_len = getattr(cfg, "query_max_length", None), getattr(cfg, "candidate_max_length", None)
-    if max_pos is not None and q_len is not None and c_len is not None and q_len + c_len - 1 > max_pos:
+    q_len = getattr(cfg, "query_max_length", None)
+    c_len = getattr(cfg, "candidate_max_length", None)
+    if None not in (max_pos, q_len, c_len) and q_len + c_len - 1 > max_pos:
         raise ValueError(
             f"query_max_length + candidate_max_length - 1 = {q_len + c_len - 1} tokens exceed "
             f"the teacher's {max_pos} positions; shorten the student's max lengths"
