@@ -51,6 +51,9 @@ def parser(description: str, *, data_dir: str, out: str, budget: str, folds: int
     p.add_argument("--budget", default=budget, help="training budget: e.g. 600s, 10m, 500steps (split over folds)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch-size", type=int, default=16, help="training batch size (in-batch negatives)")
+    p.add_argument("--distillation-weight", type=float, default=1.0,
+                   help="weight of VIRT's distillation from the cross-encoder trained on the same data "
+                   "(default 1)")
     p.add_argument("--new-params-lr-scale", type=float, default=1.0,
                    help="lr multiplier for parameters with no pre-trained counterpart (gates, special "
                    "tokens, mixing weights, heads); default 1")
@@ -159,12 +162,16 @@ def train_cached(
     learning_rate: float = 2e-5,
     system: str = "mixencoder",
     new_parameters_lr_scale: float = 1.0,
+    teacher: tuple[Any, str] | None = None,
+    distillation_weight: float = 1.0,
 ) -> tuple[Any, dict[str, Any]]:
     """Train a fresh ``system`` on ``examples`` (or reuse the finished run with the same inputs).
 
     ``system`` is ``"mixencoder"`` (a MixEncoder with ``model_config``) or a registry name
     (:data:`BASELINE_SYSTEMS`; ``model_config`` then overrides its config fields). An
-    interrupted run resumes from its checkpoint when the script is run again.
+    interrupted run resumes from its checkpoint when the script is run again. ``teacher``:
+    ``(model, cache key)`` to distil from with ``distillation_weight`` (VIRT from a trained
+    cross-encoder); the key (e.g. the teacher's training directory) names it in the cache key.
     """
     config = TrainingConfig(
         task=task,
@@ -177,19 +184,25 @@ def train_cached(
         epochs=1000 if budget.steps is None else 1,  # a time budget: cycle the data until it ends
         checkpoint_every=200,
         new_parameters_lr_scale=new_parameters_lr_scale,
+        distillation_weight=distillation_weight if teacher is not None else 0.0,
     )
-    key = fingerprint(name, [repr(e) for e in examples], config.identity(), dict(model_config), backbone, system)
+    teacher_key = [teacher[1]] if teacher is not None else []
+    key = fingerprint(
+        name, [repr(e) for e in examples], config.identity(), dict(model_config), backbone, system, *teacher_key
+    )
     out = cache / "train" / f"{name}-{key}"
     done = out / "final" / "config.json"
     info_path = out / "train_info.json"
     if done.is_file() and info_path.is_file():
         logger.info("reusing trained model %s", out / "final")
-        return load_model(out / "final"), json.loads(info_path.read_text())
+        return load_model(out / "final"), {**json.loads(info_path.read_text()), "dir": str(out)}
     if system == "mixencoder":
         model = MixEncoder.from_pretrained(backbone, **model_config)
     else:
         model = build_system(system, backbone, **model_config)
-    result = train(model, list(examples), config, output_dir=out, resume=True)
+    result = train(
+        model, list(examples), config, output_dir=out, resume=True, teacher=None if teacher is None else teacher[0]
+    )
     info = {
         "steps": result.global_step,
         "seconds": round(result.seconds, 1),
@@ -198,8 +211,45 @@ def train_cached(
         "first_loss": round(result.losses[0], 4) if result.losses else None,
         "last_loss": round(sum(result.losses[-20:]) / max(len(result.losses[-20:]), 1), 4) if result.losses else None,
     }
+    if teacher is not None:
+        info["teacher"] = teacher[1]
+        info["distillation_weight"] = distillation_weight
     _write_json(info_path, info)
+    info["dir"] = str(out)
     return load_model(result.final_dir), info
+
+
+def train_system(
+    system: str,
+    examples: Sequence[MatchingExample],
+    *,
+    name_of: Callable[[str], str],
+    hard_negatives: int,
+    seed: int,
+    **kwargs: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """:func:`train_cached` for any system, with what its architecture needs.
+
+    A system that scores only listed pairs (cross, Deformer) gets one sampled negative per
+    query when there are no hard negatives; ``virt`` is distilled from the ``cross`` model
+    trained on the same examples (trained first, or reused from the cache). ``name_of(system)``
+    names each run in the cache.
+    """
+    h = hard_negatives
+    train_on = list(examples)
+    if h == 0 and trains_on_listed_negatives(system):
+        train_on, h = with_sampled_negatives(train_on, seed), 1
+    teacher = None
+    if system == "virt":
+        cross, cross_info = train_system(
+            "cross", examples, name_of=name_of, hard_negatives=hard_negatives, seed=seed, **kwargs
+        )
+        teacher = (cross, Path(cross_info["dir"]).name)
+    else:
+        kwargs.pop("distillation_weight", None)
+    return train_cached(
+        train_on, name=name_of(system), hard_negatives=h, seed=seed, system=system, teacher=teacher, **kwargs
+    )
 
 
 def store_cached(model: Any, docs: Mapping[str, str], *, cache: Path, name: str) -> CandidateStore:

@@ -91,7 +91,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import (  # noqa: E402
     BASELINE_SYSTEMS, Budget, Results, fingerprint, rerank_queries, setup_logging, store_cached, system_config,
-    train_cached, trains_on_listed_negatives, with_sampled_negatives,
+    train_system,
 )
 
 from mixencoder import CandidateReps, DualEncoder, MixEncoder  # noqa: E402
@@ -409,17 +409,14 @@ def evaluate(
             rerank_with(model, qids, f"{task.name}-mixencoder-given")
         elif train_examples is not None:
             examples = train_examples()
-            h = args.hard_negatives
-            if trains_on_listed_negatives(system) and h == 0:
-                examples, h = with_sampled_negatives(examples, args.seed), 1
             budget = plan_budget(args.budget, args.est_step_seconds, 1)
             results.notes["budget_per_run"] = {"seconds": budget.seconds, "planned_steps": budget.steps}
             start = time.perf_counter()
-            model, info = train_cached(
-                examples, cache=args.cache, name=f"{task.name}-{system}-train-dir", budget=budget,
-                seed=args.seed, batch_size=args.batch_size, backbone=args.backbone, model_config=config,
-                hard_negatives=h, learning_rate=args.lr, system=system,
-                new_parameters_lr_scale=args.new_params_lr_scale,
+            model, info = train_system(
+                system, examples, name_of=lambda s: f"{task.name}-{s}-train-dir", hard_negatives=args.hard_negatives,
+                seed=args.seed, cache=args.cache, budget=budget, batch_size=args.batch_size, backbone=args.backbone,
+                model_config=config, learning_rate=args.lr, new_parameters_lr_scale=args.new_params_lr_scale,
+                distillation_weight=args.distillation_weight,
             )
             timings[f"train_{system}_s"] = time.perf_counter() - start
             train_info["train-dir"] = _with_mixing(info, model)
@@ -435,14 +432,12 @@ def evaluate(
                     task, train_qids, negatives=args.negatives, max_negatives=args.max_negatives
                 )
                 h = args.hard_negatives if args.negatives != "none" else 0
-                if trains_on_listed_negatives(system) and h == 0:
-                    examples, h = with_sampled_negatives(examples, args.seed), 1
                 start = time.perf_counter()
-                model, info = train_cached(
-                    examples, cache=args.cache, name=f"{task.name}-{system}-fold{i}of{len(folds)}",
-                    budget=budget, seed=args.seed, batch_size=args.batch_size, backbone=args.backbone,
-                    model_config=config, hard_negatives=h, learning_rate=args.lr, system=system,
-                    new_parameters_lr_scale=args.new_params_lr_scale,
+                model, info = train_system(
+                    system, examples, name_of=lambda s, i=i: f"{task.name}-{s}-fold{i}of{len(folds)}",
+                    hard_negatives=h, seed=args.seed, cache=args.cache, budget=budget, batch_size=args.batch_size,
+                    backbone=args.backbone, model_config=config, learning_rate=args.lr,
+                    new_parameters_lr_scale=args.new_params_lr_scale, distillation_weight=args.distillation_weight,
                 )
                 timings[f"train_{system}_fold{i}_s"] = time.perf_counter() - start
                 train_info[f"fold{i}"] = {**counts, **_with_mixing(info, model)}

@@ -107,8 +107,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 from common import (  # noqa: E402
-    BASELINE_SYSTEMS, Budget, Results, rerank_queries, setup_logging, store_cached, system_config, train_cached,
-    trains_on_listed_negatives, with_sampled_negatives,
+    BASELINE_SYSTEMS, Budget, Results, rerank_queries, setup_logging, store_cached, system_config, train_system,
 )
 
 from mixencoder import DualEncoder, MixEncoder  # noqa: E402
@@ -446,24 +445,21 @@ def run_response_selection(
                         for c, e in zip(contexts, fold.train_examples)
                     ]
                 examples = truncated[fold.name]
-                h = args.hard_negatives
-                if h == 0 and trains_on_listed_negatives(system):
-                    # cross / deformer score only listed pairs: give each query one sampled negative
-                    examples, h = with_sampled_negatives(examples, args.seed), 1
                 start = time.perf_counter()
-                model, info = train_cached(
+                model, info = train_system(
+                    system,
                     examples,
-                    cache=args.cache,
-                    name=f"{task}-{system}-{fold.name}",
-                    budget=budget,
+                    name_of=lambda s, fold=fold: f"{task}-{s}-{fold.name}",
+                    hard_negatives=args.hard_negatives,
                     seed=args.seed,
+                    cache=args.cache,
+                    budget=budget,
                     batch_size=args.batch_size,
                     backbone=args.backbone,
                     model_config=config,
-                    hard_negatives=h,
                     learning_rate=args.lr,
-                    system=system,
                     new_parameters_lr_scale=args.new_params_lr_scale,
+                    distillation_weight=args.distillation_weight,
                 )
                 timings[f"train_{system}_{fold.name}_s"] = time.perf_counter() - start
                 info["alpha"] = float(model.alpha.detach()) if hasattr(model, "alpha") else None

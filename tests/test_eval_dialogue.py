@@ -142,7 +142,7 @@ def test_left_truncation_keeps_the_latest_tokens(minilm):
 def test_run_ubuntu_trains_baselines_like_mixencoder(tmp_path, shared_data, tiny_backbone_dir):
     """Registry systems (the paper's baselines, MixEncoder variants) train and rerank through the
     same script; a cross-encoder (no in-batch matrix) gets one sampled negative per query."""
-    systems = ["dual", "cross", "deformer", "mixencoder-b"]
+    systems = ["dual", "virt", "cross", "deformer", "mixencoder-b"]
     argv = tiny_args(tmp_path, tiny_backbone_dir) + [
         "--data-dir", str(shared_data / "ubuntu" / "v2"),
         "--limit-eval", "6",
@@ -160,6 +160,9 @@ def test_run_ubuntu_trains_baselines_like_mixencoder(tmp_path, shared_data, tiny
         assert 0.0 <= metrics[system]["R@1"] <= 1.0 and metrics[system]["ms_per_query"] > 0
         lines = (out / "runs" / f"{system}.trec").read_text().splitlines()
         assert len({line.split()[0] for line in lines}) == 6
+    # VIRT is distilled from the cross-encoder trained on the same fold (reused, not retrained)
+    for fold in ("fold0", "fold1"):
+        assert notes["training"]["virt"][fold]["teacher"] == Path(notes["training"]["cross"][fold]["dir"]).name
     # Deformer stores per-token lower-layer states: a larger store than the dual encoder's
     assert metrics["deformer"]["store_bytes"] > metrics["dual"]["store_bytes"]
 
