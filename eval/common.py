@@ -89,6 +89,21 @@ class Budget:
         return Budget(seconds=(self.seconds or 0) / parts)
 
 
+def plan_budget(text: str, est_step_seconds: float, parts: int) -> Budget:
+    """One training run's budget out of ``parts``: a time cap plus a planned step count.
+
+    A time budget alone would plan the learning-rate schedule over 1000 epochs (train_cached
+    cycles the data until the time is up), so warm-up would never end; planning it over the
+    steps that fit the budget makes it warm up and decay within the budget.
+    """
+    budget = Budget.parse(text)
+    if budget.steps is not None:
+        return Budget(steps=max(1, budget.steps // parts))
+    seconds = (budget.seconds or 0) / parts
+    return Budget(seconds=seconds, steps=max(1, int(seconds / est_step_seconds)))
+
+
+
 # ---------------------------------------------------------------------- systems
 
 #: Trainable systems besides the script's own ``mixencoder``: the paper's baselines and

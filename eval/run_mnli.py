@@ -59,7 +59,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 from common import Results, setup_logging, train_cached  # noqa: E402
-from run_ubuntu import plan_budget, resolve_layers, resolve_path  # noqa: E402
+from common import plan_budget  # noqa: E402
+from run_ubuntu import resolve_layers, resolve_path  # noqa: E402
 
 from mixencoder import MixEncoder  # noqa: E402
 from mixencoder.data import kfold_split, read_mnli  # noqa: E402

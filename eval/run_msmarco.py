@@ -90,8 +90,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 from common import (  # noqa: E402
-    BASELINE_SYSTEMS, Budget, Results, fingerprint, rerank_queries, setup_logging, store_cached, system_config,
-    train_system,
+    BASELINE_SYSTEMS, Budget, Results, fingerprint, plan_budget, rerank_queries, setup_logging, store_cached,
+    system_config, train_system,
 )
 
 from mixencoder import CandidateReps, DualEncoder, MixEncoder  # noqa: E402
@@ -227,20 +227,6 @@ def fold_examples(
         "pairs_dropped_without_negatives": no_negative,
     }
     return examples, counts
-
-
-def plan_budget(text: str, est_step_seconds: float, parts: int) -> Budget:
-    """One training run's budget out of ``parts``: a time cap plus a planned step count.
-
-    A time budget alone would plan the learning-rate schedule over 1000 epochs (train_cached
-    cycles the data until the time is up), so warm-up would never end; planning it over the
-    steps that fit the budget makes it warm up and decay within the budget.
-    """
-    budget = Budget.parse(text)
-    if budget.steps is not None:
-        return Budget(steps=max(1, budget.steps // parts))
-    seconds = (budget.seconds or 0) / parts
-    return Budget(seconds=seconds, steps=max(1, int(seconds / est_step_seconds)))
 
 
 # ---------------------------------------------------------------------- shared encoding

@@ -97,7 +97,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other jobs, spinning
 # threads made training steps 3-5x slower (set before torch is imported; an explicit
@@ -107,7 +107,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 from common import (  # noqa: E402
-    BASELINE_SYSTEMS, Budget, Results, rerank_queries, setup_logging, store_cached, system_config, train_system,
+    BASELINE_SYSTEMS, Results, plan_budget, rerank_queries, setup_logging, store_cached, system_config,
+    train_system,
 )
 
 from mixencoder import DualEncoder, MixEncoder  # noqa: E402
@@ -182,20 +183,6 @@ def resolve_layers(spec: Sequence[int] | None, backbone: str | None) -> list[int
     if any(j < 1 for j in layers):
         raise SystemExit(f"--interaction-layers {list(spec)}: the backbone has {depth} layers")
     return layers
-
-
-def plan_budget(text: str, est_step_seconds: float, parts: int) -> Budget:
-    """One training run's budget out of ``parts``: a time cap plus a planned step count.
-
-    A time budget alone would plan the learning-rate schedule over 1000 epochs (train_cached
-    cycles the data until the time is up), so warm-up would never end; planning it over the
-    steps that fit the budget makes it warm up and decay within the budget.
-    """
-    budget = Budget.parse(text)
-    if budget.steps is not None:
-        return Budget(steps=max(1, budget.steps // parts))
-    seconds = (budget.seconds or 0) / parts
-    return Budget(seconds=seconds, steps=max(1, int(seconds / est_step_seconds)))
 
 
 # ---------------------------------------------------------------------- text helpers
