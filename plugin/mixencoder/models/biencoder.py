@@ -14,12 +14,10 @@ a batched ``encode_candidates`` loop. A subclass supplies the math: ``_encode_ca
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Literal, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -30,18 +28,17 @@ from tqdm.auto import tqdm
 from . import functional as MF
 from .backbone import bert_layers, default_backbone_path
 from .base import CandidateReps
-from .mixencoder import (
-    _check_texts,
-    _package_version,
-    _read_json,
-    _show_progress,
-    _tokenizer_bytes,
-    _write_json_atomic,
+from .mixencoder import _check_texts, _show_progress, _tokenize_texts
+from .persistence import (  # noqa: F401  (FORMAT_VERSION: re-exported; it used to live here)
+    FORMAT_VERSION,
+    build_from_backbone,
+    candidate_digest,
+    is_saved_model,
+    load_saved,
+    read_config,
+    save_model,
 )
 
-logger = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
 Pooling = Literal["mean", "cls"]
 
 
@@ -130,58 +127,21 @@ class PretrainedScorer(nn.Module):
         Returns:
             The model, in eval mode.
         """
-        from transformers import AutoModel, AutoTokenizer
-
         path = default_backbone_path() if name_or_dir is None else name_or_dir
-        saved = Path(path) / "config.json"
-        if saved.is_file():
-            data = _read_json(saved)
-            if "format_version" in data and "config" in data:  # written by save_pretrained
-                if data.get("model_type") != cls.MODEL_TYPE:
-                    raise ValueError(
-                        f"{path} is a saved {data.get('model_type')!r} model, not "
-                        f"{cls.MODEL_TYPE!r}; load it with mixencoder.models.registry.load_model"
-                    )
-                if config:
-                    raise ValueError(
-                        f"{path} is a saved {cls.MODEL_TYPE} model; its config cannot be "
-                        f"overridden ({sorted(config)}); build a fresh model from a backbone"
-                    )
-                return cls._load_saved(Path(path), data)
-        backbone = AutoModel.from_pretrained(str(path), add_pooling_layer=False)
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-        name = "all-MiniLM-L6-v2" if name_or_dir is None else str(name_or_dir)
-        return cls(cls.CONFIG_CLASS(backbone=name, **config), backbone, tokenizer).eval()
-
-    @classmethod
-    def _load_saved(cls, path: Path, data: dict[str, Any]) -> Any:
-        from safetensors.torch import load_file
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-        if data.get("format_version", 0) > FORMAT_VERSION:
-            logger.warning("%s was written by a newer mixencoder; loading may fail", path)
-        config = cls.CONFIG_CLASS.from_dict(data["config"])
-        bcfg = dict(config.backbone_config)
-        backbone_type = bcfg.pop("model_type")
-        backbone = AutoModel.from_config(
-            AutoConfig.for_model(backbone_type, **bcfg), add_pooling_layer=False
-        )
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = cls(config, backbone, tokenizer)
-        weights = path / "model.safetensors"
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights} is missing; the saved model is incomplete")
-        try:
-            state = load_file(str(weights))
-        except Exception as e:  # safetensors raises its own error types
-            raise ValueError(f"{weights} is not a readable safetensors file: {e}") from e
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{weights} does not match its config.json: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}"
-            )
-        return model.eval()
+        data = read_config(path)
+        if data is not None and is_saved_model(data):
+            if data.get("model_type") != cls.MODEL_TYPE:
+                raise ValueError(
+                    f"{path} is a saved {data.get('model_type')!r} model, not "
+                    f"{cls.MODEL_TYPE!r}; load it with mixencoder.models.registry.load_model"
+                )
+            if config:
+                raise ValueError(
+                    f"{path} is a saved {cls.MODEL_TYPE} model; its config cannot be "
+                    f"overridden ({sorted(config)}); build a fresh model from a backbone"
+                )
+            return load_saved(cls, cls.CONFIG_CLASS, Path(path), data)
+        return build_from_backbone(cls, cls.CONFIG_CLASS, name_or_dir, path, config)
 
     def new_parameter_names(self) -> list[str]:
         """Parameters outside the pre-trained backbone (heads, codes, projections): the trainer
@@ -190,22 +150,7 @@ class PretrainedScorer(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json`` (with ``model_type``), ``model.safetensors`` and the tokenizer."""
-        from safetensors.torch import save_file
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = out / ".model.safetensors.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, out / "model.safetensors")
-        self.tokenizer.save_pretrained(str(out))
-        data = {
-            "model_type": self.MODEL_TYPE,
-            "format_version": FORMAT_VERSION,
-            "mixencoder_version": _package_version(),
-            "config": self.config.to_dict(),
-        }
-        _write_json_atomic(out / "config.json", data)
+        save_model(directory, self.MODEL_TYPE, self.config.to_dict(), self, self.tokenizer)
 
     # ------------------------------------------------------------------ tokenisation
 
@@ -222,13 +167,7 @@ class PretrainedScorer(nn.Module):
         return self._tokenize(texts, self.config.candidate_max_length)
 
     def _tokenize(self, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        return {
-            "input_ids": enc["input_ids"].to(self.device),
-            "attention_mask": enc["attention_mask"].to(self.device),
-        }
+        return _tokenize_texts(self.tokenizer, texts, max_length, self.device)
 
     # ------------------------------------------------------------------ fingerprint
 
@@ -242,16 +181,11 @@ class PretrainedScorer(nn.Module):
 
     def candidate_fingerprint(self) -> dict[str, Any]:
         """Identity of everything that shapes the stored reps (see ``Scorer``)."""
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self._candidate_side(), key=lambda kv: kv[0]):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        digest.update(_tokenizer_bytes(self.tokenizer))
         return {
             "model_type": self.MODEL_TYPE,
             "candidate_max_length": self.config.candidate_max_length,
             **self._fingerprint_extra(),
-            "sha256": digest.hexdigest(),
+            "sha256": candidate_digest(self._candidate_side(), self.tokenizer),
         }
 
     # ------------------------------------------------------------------ candidates (offline)
@@ -328,6 +262,78 @@ class PretrainedScorer(nn.Module):
         vectors = reps.vectors.to(self.device, torch.float32)
         return vectors, reps.mask.to(self.device)
 
+    @staticmethod
+    def _length_sorted_batches(reps: CandidateReps, batch_size: int) -> Iterator[tuple[torch.Tensor, int]]:
+        """``(indices, longest length)`` of chunks of ``batch_size`` candidates, longest first:
+        each chunk can be trimmed to its longest candidate (less padding, same scores)."""
+        order = torch.argsort(reps.lengths, descending=True, stable=True)
+        for start in range(0, len(reps), batch_size):
+            idx = order[start : start + batch_size]
+            yield idx, int(reps.lengths[idx].max())
+
+    def _one_vector_per_candidate(self, reps: CandidateReps) -> torch.Tensor:
+        """``(n, d)`` float32 on the model's device, for models that store one vector per
+        candidate: ``reps.pooled`` when the store has it, else the single stored vector."""
+        if reps.pooled is not None:
+            return reps.pooled.to(self.device, torch.float32)
+        return self._reps_to_device(reps, self.hidden_size)[0][:, 0]
+
+    @staticmethod
+    def _one_vector_batch(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``_encode_candidate_batch`` of a one-vector model, from its ``(b, d)`` vectors."""
+        return v.unsqueeze(1), torch.ones(v.shape[0], dtype=torch.int64), v
+
+    def _one_vector_fingerprint(self, pooling: str) -> dict[str, Any]:
+        """``_fingerprint_extra`` of a one-vector model."""
+        return {"dim": self.hidden_size, "pooling": pooling, "layout": "one pooled vector"}
+
+
+class PairwiseScorer(PretrainedScorer):
+    """Base of the models that run (part of) a transformer per (query, candidate) pair
+    (``cross``, ``deformer``): a linear score head and the all-pairs and grouped training paths.
+    A subclass supplies ``_indexed_pair_scores``."""
+
+    supports_in_batch_negatives = False
+
+    def _score_head(self) -> nn.Linear:
+        """A ``d -> 1`` linear head, seeded: small random weights, zero bias."""
+        head = nn.Linear(self.hidden_size, 1)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            head.weight.copy_(torch.randn(1, self.hidden_size, generator=gen) * 0.02)
+            head.bias.zero_()
+        return head
+
+    def _indexed_pair_scores(
+        self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor],
+        qi: torch.Tensor, ci: torch.Tensor,
+    ) -> torch.Tensor:
+        """``(P,)`` scores of the pairs (query ``qi[p]``, candidate ``ci[p]``), differentiable."""
+        raise NotImplementedError
+
+    def forward(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(B, C)``: every query with every candidate, B x C pair passes (small batches only;
+        see :meth:`forward_grouped` for training)."""
+        b, c = queries["input_ids"].shape[0], candidates["input_ids"].shape[0]
+        qi = torch.arange(b, device=self.device).repeat_interleave(c)
+        ci = torch.arange(c, device=self.device).repeat(b)
+        return self._indexed_pair_scores(queries, candidates, qi, ci).view(b, c)
+
+    def forward_grouped(
+        self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor], group_size: int
+    ) -> torch.Tensor:
+        """Training path: ``(B, group_size)`` scores of each query with its own candidates.
+
+        Query i's candidates are rows ``i*group_size ... (i+1)*group_size - 1`` of
+        ``candidates`` (the first one is the positive, by the trainer's convention).
+        """
+        b, c = queries["input_ids"].shape[0], candidates["input_ids"].shape[0]
+        if group_size < 1 or c != b * group_size:
+            raise ValueError(f"{c} candidates do not form {b} groups of {group_size}")
+        qi = torch.arange(b, device=self.device).repeat_interleave(group_size)
+        ci = torch.arange(c, device=self.device)
+        return self._indexed_pair_scores(queries, candidates, qi, ci).view(b, group_size)
+
 
 def pool(states: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     """``(N, L, d)`` token states -> ``(N, d)``: masked mean, or the first ([CLS]) token."""
@@ -389,11 +395,10 @@ class BiEncoder(PretrainedScorer):
         )
 
     def _encode_candidate_batch(self, tokens):
-        v = self.encode_torch(**tokens)
-        return v.unsqueeze(1), torch.ones(v.shape[0], dtype=torch.int64), v
+        return self._one_vector_batch(self.encode_torch(**tokens))
 
     def _fingerprint_extra(self) -> dict[str, Any]:
-        return {"dim": self.hidden_size, "pooling": self.config.pooling, "layout": "one pooled vector"}
+        return self._one_vector_fingerprint(self.config.pooling)
 
     @torch.inference_mode()
     def encode_query(self, query: str) -> torch.Tensor:
@@ -411,9 +416,6 @@ class BiEncoder(PretrainedScorer):
     @torch.inference_mode()
     def score(self, query_state: torch.Tensor, reps: CandidateReps) -> torch.Tensor:
         """Online: ``(n,)`` similarities of the stored candidate vectors to the query."""
-        if reps.pooled is not None:
-            cands = reps.pooled.to(self.device, torch.float32)
-        else:
-            cands = self._reps_to_device(reps, self.hidden_size)[0][:, 0]
+        cands = self._one_vector_per_candidate(reps)
         sims = similarity_matrix(query_state[None].to(self.device), cands, self.config.similarity, self.config.scale)
         return sims[0].float().cpu()

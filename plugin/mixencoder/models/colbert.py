@@ -163,13 +163,9 @@ class ColBERT(PretrainedScorer):
         q, q_mask = (t.to(self.device) for t in query_state)
         if bool((reps.lengths < 1).any()):
             raise ValueError("every candidate needs at least one stored token vector")
-        n = len(reps)
-        out = torch.empty(n)
+        out = torch.empty(len(reps))
         # Length-sorted chunks, each trimmed to its longest candidate: less padding, same scores.
-        order = torch.argsort(reps.lengths, descending=True, stable=True)
-        for start in range(0, n, SCORE_CHUNK):
-            idx = order[start : start + SCORE_CHUNK]
-            m = int(reps.lengths[idx].max())
+        for idx, m in self._length_sorted_batches(reps, SCORE_CHUNK):
             c, c_mask = self._reps_to_device(CandidateReps(reps.vectors[idx, :m], reps.lengths[idx]), self.config.dim)
             out[idx] = LI.maxsim(q, q_mask, c, c_mask).float().cpu()
         return out

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from . import late_interaction as LI
 from .base import CandidateReps
-from .biencoder import BaselineConfig, Pooling, PretrainedScorer, pool
+from .biencoder import BaselineConfig, PairwiseScorer, Pooling, pool
 
 ID_BASE = 2048  # token ids are stored as two digits in this base: both exact in float16
 
@@ -58,7 +58,7 @@ def decode_ids(vectors: torch.Tensor) -> torch.Tensor:
     return digits[..., 0] * ID_BASE + digits[..., 1]
 
 
-class CrossEncoder(PretrainedScorer):
+class CrossEncoder(PairwiseScorer):
     """Cross-BERT over a BERT-family backbone with a one-output linear head.
 
     Query state: the query's ``(input_ids (Lq,), attention_mask (Lq,))`` ([CLS] q [SEP]):
@@ -69,15 +69,10 @@ class CrossEncoder(PretrainedScorer):
 
     MODEL_TYPE = "cross"
     CONFIG_CLASS = CrossEncoderConfig
-    supports_in_batch_negatives = False
 
     def __init__(self, config: CrossEncoderConfig, backbone: nn.Module, tokenizer: Any):
         super().__init__(config, backbone, tokenizer)
-        self.head = nn.Linear(self.hidden_size, 1)
-        gen = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            self.head.weight.copy_(torch.randn(1, self.hidden_size, generator=gen) * 0.02)
-            self.head.bias.zero_()
+        self.head = self._score_head()
 
     # ------------------------------------------------------------------ pairs
 
@@ -94,30 +89,9 @@ class CrossEncoder(PretrainedScorer):
         states = self.backbone(input_ids=ids, attention_mask=mask.long(), token_type_ids=segment * mask.long()).last_hidden_state
         return self.head(pool(states, mask, self.config.pooling))[:, 0]
 
-    def forward(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``(B, C)``: every query with every candidate, B x C full forwards (small batches only;
-        see :meth:`forward_grouped` for training)."""
-        b, c = queries["input_ids"].shape[0], candidates["input_ids"].shape[0]
-        qi = torch.arange(b, device=self.device).repeat_interleave(c)
-        ci = torch.arange(c, device=self.device).repeat(b)
-        return self._scores_of(queries, candidates, qi, ci).view(b, c)
+    # forward (B x C full forwards) and forward_grouped: see PairwiseScorer.
 
-    def forward_grouped(
-        self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor], group_size: int
-    ) -> torch.Tensor:
-        """Training path: ``(B, group_size)`` scores of each query with its own candidates.
-
-        Query i's candidates are rows ``i*group_size ... (i+1)*group_size - 1`` of
-        ``candidates`` (the first one is the positive, by the trainer's convention).
-        """
-        b, c = queries["input_ids"].shape[0], candidates["input_ids"].shape[0]
-        if group_size < 1 or c != b * group_size:
-            raise ValueError(f"{c} candidates do not form {b} groups of {group_size}")
-        qi = torch.arange(b, device=self.device).repeat_interleave(group_size)
-        ci = torch.arange(c, device=self.device)
-        return self._scores_of(queries, candidates, qi, ci).view(b, group_size)
-
-    def _scores_of(self, queries, candidates, qi, ci) -> torch.Tensor:
+    def _indexed_pair_scores(self, queries, candidates, qi, ci) -> torch.Tensor:
         c_ids, c_mask = candidates["input_ids"][:, 1:], candidates["attention_mask"][:, 1:]
         return self.pair_scores(queries["input_ids"][qi], queries["attention_mask"][qi], c_ids[ci], c_mask[ci])
 
@@ -148,13 +122,8 @@ class CrossEncoder(PretrainedScorer):
         q_ids, q_mask = (t.to(self.device) for t in query_state)
         vectors, c_mask = self._reps_to_device(reps, 2)
         c_ids = decode_ids(vectors) * c_mask
-        n = len(reps)
-        out = torch.empty(n)
-        order = torch.argsort(reps.lengths, descending=True, stable=True)
-        bs = self.config.score_batch_size
-        for start in range(0, n, bs):
-            idx = order[start : start + bs]
-            m = int(reps.lengths[idx].max())
+        out = torch.empty(len(reps))
+        for idx, m in self._length_sorted_batches(reps, self.config.score_batch_size):
             p = len(idx)
             out[idx] = self.pair_scores(
                 q_ids[None].expand(p, -1), q_mask[None].expand(p, -1),

@@ -24,7 +24,7 @@ import torch.nn as nn
 from . import late_interaction as LI
 from .backbone import bert_layers
 from .base import CandidateReps
-from .biencoder import BaselineConfig, Pooling, PretrainedScorer, pool
+from .biencoder import BaselineConfig, PairwiseScorer, Pooling, pool
 
 
 @dataclass
@@ -43,7 +43,7 @@ class DeformerConfig(BaselineConfig):
     score_batch_size: int = 64
 
 
-class Deformer(PretrainedScorer):
+class Deformer(PairwiseScorer):
     """DeFormer over a BERT-family backbone, with a one-output linear head.
 
     Stored per candidate: its ``(tokens, d)`` lower-layer states (``pooled`` is None: build the
@@ -53,7 +53,6 @@ class Deformer(PretrainedScorer):
 
     MODEL_TYPE = "deformer"
     CONFIG_CLASS = DeformerConfig
-    supports_in_batch_negatives = False
 
     def __init__(self, config: DeformerConfig, backbone: nn.Module, tokenizer: Any):
         super().__init__(config, backbone, tokenizer)
@@ -71,11 +70,7 @@ class Deformer(PretrainedScorer):
                 f"{config.query_max_length + config.candidate_max_length - 1} exceeds the "
                 f"backbone's {max_pos} positions"
             )
-        self.head = nn.Linear(self.hidden_size, 1)
-        gen = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            self.head.weight.copy_(torch.randn(1, self.hidden_size, generator=gen) * 0.02)
-            self.head.bias.zero_()
+        self.head = self._score_head()
 
     # ------------------------------------------------------------------ the two stages
 
@@ -113,28 +108,12 @@ class Deformer(PretrainedScorer):
 
     # ------------------------------------------------------------------ training path
 
-    def _pairs(self, queries, candidates, qi, ci) -> torch.Tensor:
+    # forward (B x C upper-layer passes) and forward_grouped: see PairwiseScorer.
+
+    def _indexed_pair_scores(self, queries, candidates, qi, ci) -> torch.Tensor:
         q = self.lower_queries(**queries)
         c, c_mask = self.lower_candidates(**candidates)
         return self.upper_pairs(q[qi], queries["attention_mask"][qi], c[ci], c_mask[ci])
-
-    def forward(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``(B, C)``: every query with every candidate (B x C upper-layer passes)."""
-        b, c = queries["input_ids"].shape[0], candidates["input_ids"].shape[0]
-        qi = torch.arange(b, device=self.device).repeat_interleave(c)
-        ci = torch.arange(c, device=self.device).repeat(b)
-        return self._pairs(queries, candidates, qi, ci).view(b, c)
-
-    def forward_grouped(
-        self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor], group_size: int
-    ) -> torch.Tensor:
-        """Training path: ``(B, group_size)``; query i's candidates are rows
-        ``i*group_size ... (i+1)*group_size - 1`` (the first is the positive)."""
-        b, c = queries["input_ids"].shape[0], candidates["input_ids"].shape[0]
-        if group_size < 1 or c != b * group_size:
-            raise ValueError(f"{c} candidates do not form {b} groups of {group_size}")
-        qi = torch.arange(b, device=self.device).repeat_interleave(group_size)
-        return self._pairs(queries, candidates, qi, torch.arange(c, device=self.device)).view(b, group_size)
 
     # ------------------------------------------------------------------ Scorer
 
@@ -168,13 +147,8 @@ class Deformer(PretrainedScorer):
         self.eval()
         q, q_mask = (t.to(self.device) for t in query_state)
         vectors, c_mask = self._reps_to_device(reps, self.hidden_size)
-        n = len(reps)
-        out = torch.empty(n)
-        order = torch.argsort(reps.lengths, descending=True, stable=True)
-        bs = self.config.score_batch_size
-        for start in range(0, n, bs):
-            idx = order[start : start + bs]
-            m = int(reps.lengths[idx].max())
+        out = torch.empty(len(reps))
+        for idx, m in self._length_sorted_batches(reps, self.config.score_batch_size):
             p = len(idx)
             d_idx = idx.to(self.device)
             out[idx] = self.upper_pairs(

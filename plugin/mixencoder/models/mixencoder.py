@@ -10,12 +10,9 @@ The score compares H with mean(E).
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,11 +27,19 @@ from . import functional as MF
 from .backbone import bert_layers, default_backbone_path
 from .base import CandidateReps
 from .config import MixEncoderConfig
+from .persistence import (
+    FORMAT_VERSION,  # noqa: F401  (re-exported; it used to live here)
+    build_from_backbone,
+    candidate_digest,
+    load_saved,
+    read_config,
+    save_model,
+)
+from .persistence import read_json as _read_json  # noqa: F401  (registry imports it from here)
 
 logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "mixencoder"
-FORMAT_VERSION = 1
 SCORE_CHUNK = 1024  # candidates scored per step; any value gives the same scores
 
 
@@ -196,56 +201,16 @@ class MixEncoder(nn.Module):
         Returns:
             The model, in eval mode.
         """
-        from transformers import AutoModel, AutoTokenizer
-
         path = default_backbone_path() if name_or_dir is None else name_or_dir
-        saved = Path(path) / "config.json"
-        if saved.is_file():
-            data = _read_json(saved)
-            if data.get("model_type") == MODEL_TYPE:
-                if config:
-                    raise ValueError(
-                        f"{path} is a saved MixEncoder; its config cannot be overridden "
-                        f"({sorted(config)}); build a fresh model from a backbone instead"
-                    )
-                return cls._load_saved(Path(path), data)
-        backbone = AutoModel.from_pretrained(str(path), add_pooling_layer=False)
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-        name = "all-MiniLM-L6-v2" if name_or_dir is None else str(name_or_dir)
-        model = cls(MixEncoderConfig(backbone=name, **config), backbone, tokenizer)
-        return model.eval()
-
-    @classmethod
-    def _load_saved(cls, path: Path, data: dict[str, Any]) -> MixEncoder:
-        from safetensors.torch import load_file
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-        version = data.get("format_version", 0)
-        if version > FORMAT_VERSION:
-            logger.warning(
-                "%s was written by a newer mixencoder (format %s > %s); loading may fail",
-                path, version, FORMAT_VERSION,
-            )
-        config = MixEncoderConfig.from_dict(data["config"])
-        bcfg = dict(config.backbone_config)
-        backbone_type = bcfg.pop("model_type")
-        backbone = AutoModel.from_config(AutoConfig.for_model(backbone_type, **bcfg), add_pooling_layer=False)
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = cls(config, backbone, tokenizer)
-        weights = path / "model.safetensors"
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights} is missing; the saved model is incomplete")
-        try:
-            state = load_file(str(weights))
-        except Exception as e:  # safetensors raises its own error types
-            raise ValueError(f"{weights} is not a readable safetensors file: {e}") from e
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{weights} does not match its config.json: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}"
-            )
-        return model.eval()
+        data = read_config(path)
+        if data is not None and data.get("model_type") == MODEL_TYPE:
+            if config:
+                raise ValueError(
+                    f"{path} is a saved MixEncoder; its config cannot be overridden "
+                    f"({sorted(config)}); build a fresh model from a backbone instead"
+                )
+            return load_saved(cls, MixEncoderConfig, Path(path), data)
+        return build_from_backbone(cls, MixEncoderConfig, name_or_dir, path, config)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json``, ``model.safetensors`` and the tokenizer files (no pickles).
@@ -253,22 +218,7 @@ class MixEncoder(nn.Module):
         Each file is written to a temporary name and renamed, so an interrupted save never
         leaves a half-written file under the final name.
         """
-        from safetensors.torch import save_file
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = out / ".model.safetensors.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, out / "model.safetensors")
-        self.tokenizer.save_pretrained(str(out))
-        data = {
-            "model_type": MODEL_TYPE,
-            "format_version": FORMAT_VERSION,
-            "mixencoder_version": _package_version(),
-            "config": self.config.to_dict(),
-        }
-        _write_json_atomic(out / "config.json", data)
+        save_model(directory, MODEL_TYPE, self.config.to_dict(), self, self.tokenizer)
 
     # ------------------------------------------------------------------ tokenisation
 
@@ -299,13 +249,7 @@ class MixEncoder(nn.Module):
         return self._tokenize(texts, self.config.candidate_max_length - extra)
 
     def _tokenize(self, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        return {
-            "input_ids": enc["input_ids"].to(self.device),
-            "attention_mask": enc["attention_mask"].to(self.device),
-        }
+        return _tokenize_texts(self.tokenizer, texts, max_length, self.device)
 
     # ------------------------------------------------------------------ training path (grads)
 
@@ -402,19 +346,16 @@ class MixEncoder(nn.Module):
 
     def candidate_fingerprint(self) -> dict[str, Any]:
         """Identity of everything that shapes the stored reps (see ``Scorer``)."""
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.backbone.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        digest.update(self.special_or_codes.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        digest.update(_tokenizer_bytes(self.tokenizer))
+        sha256 = candidate_digest(
+            self.backbone.state_dict().items(), self.tokenizer, unnamed=[self.special_or_codes]
+        )
         return {
             "model_type": MODEL_TYPE,
             "strategy": self.config.strategy,
             "k": self.config.k,
             "dim": self.hidden_size,
             "candidate_max_length": self.config.candidate_max_length,
-            "sha256": digest.hexdigest(),
+            "sha256": sha256,
         }
 
     @torch.inference_mode()
@@ -518,35 +459,7 @@ def _show_progress(flag: bool | None) -> bool:
     return logger.getEffectiveLevel() <= logging.INFO if flag is None else flag
 
 
-def _tokenizer_bytes(tokenizer: Any) -> bytes:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        spec = json.loads(backend.to_str())
-        # Truncation and padding are per-call state the tokenizer keeps after use, not identity.
-        spec.pop("truncation", None)
-        spec.pop("padding", None)
-        return json.dumps(spec, sort_keys=True).encode()
-    return json.dumps(sorted(tokenizer.get_vocab().items())).encode()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("mixencoder")
-    except PackageNotFoundError:
-        return "0+unknown"
+def _tokenize_texts(tokenizer: Any, texts: Sequence[str], max_length: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Padded, truncated ``input_ids`` and ``attention_mask`` on ``device``."""
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}

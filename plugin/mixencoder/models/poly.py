@@ -90,11 +90,10 @@ class PolyEncoder(PretrainedScorer):
     # ------------------------------------------------------------------ Scorer
 
     def _encode_candidate_batch(self, tokens):
-        v = self.candidate_vectors_torch(**tokens)
-        return v.unsqueeze(1), torch.ones(v.shape[0], dtype=torch.int64), v
+        return self._one_vector_batch(self.candidate_vectors_torch(**tokens))
 
     def _fingerprint_extra(self) -> dict[str, Any]:
-        return {"dim": self.hidden_size, "pooling": self.config.candidate_pooling, "layout": "one pooled vector"}
+        return self._one_vector_fingerprint(self.config.candidate_pooling)
 
     @torch.inference_mode()
     def encode_query(self, query: str) -> torch.Tensor:
@@ -105,8 +104,5 @@ class PolyEncoder(PretrainedScorer):
     @torch.inference_mode()
     def score(self, query_state: torch.Tensor, reps: CandidateReps) -> torch.Tensor:
         """Online: ``(n,)`` scores; each candidate attends over the query vectors on its own."""
-        if reps.pooled is not None:
-            cands = reps.pooled.to(self.device, torch.float32)
-        else:
-            cands = self._reps_to_device(reps, self.hidden_size)[0][:, 0]
+        cands = self._one_vector_per_candidate(reps)
         return self.interact(query_state[None].to(self.device), cands)[0].float().cpu()

@@ -305,13 +305,9 @@ class VIRT(PretrainedScorer):
         """Online: ``(n,)`` scores over each candidate's stored token states."""
         self.eval()
         x, x_mask = (t.to(self.device) for t in query_state)
-        n = len(reps)
-        out = torch.empty(n)
+        out = torch.empty(len(reps))
         # Length-sorted chunks, each trimmed to its longest candidate: less padding, same scores.
-        order = torch.argsort(reps.lengths, descending=True, stable=True)
-        for start in range(0, n, SCORE_CHUNK):
-            idx = order[start : start + SCORE_CHUNK]
-            m = int(reps.lengths[idx].max())
+        for idx, m in self._length_sorted_batches(reps, SCORE_CHUNK):
             part = CandidateReps(reps.vectors[idx, :m], reps.lengths[idx])
             y, y_mask = self._reps_to_device(part, self.hidden_size)
             out[idx] = self.pair_scores(x[None], x_mask[None], y, y_mask).float().cpu()
