@@ -449,3 +449,10 @@ def test_real_passages(tmp_path: Path) -> None:
     hits = store.search(model.encode_queries_pooled(["what is a civil record"]), k=5)[0]
     assert len(hits) == 5 and all(d in docs for d, _ in hits)
     assert 0 < store.bytes_per_candidate() == store.nbytes / 300
+
+
+def test_docids_lists_every_live_candidate_once(tmp_path, tiny_model_factory):
+    model = tiny_model_factory()
+    docs = [(f"d{i}", f"text number {i}") for i in range(7)]
+    store = CandidateStore.build(tmp_path / "s", model, docs, shard_size=3, show_progress_bar=False)
+    assert sorted(store.docids()) == sorted(d for d, _ in docs) and len(store.docids()) == len(store)

@@ -505,6 +505,10 @@ class CandidateStore:
     def __contains__(self, docid: object) -> bool:
         return isinstance(docid, str) and bool(self._rows_of([docid])[0] >= 0)
 
+    def docids(self) -> list[str]:
+        """Every docid the store holds, in byte order (reads the whole lookup index)."""
+        return [d.decode("utf-8") for d in np.asarray(self._sorted_docids).tolist()]
+
     def missing(self, docids: Sequence[str]) -> list[str]:
         """The docids (in the given order) that the store does not hold."""
         docids = _as_docid_list(docids)
