@@ -41,7 +41,9 @@ Run = dict[str, dict[str, float]]
 # ---------------------------------------------------------------------- arguments
 
 
-def parser(description: str, *, data_dir: str, out: str, budget: str, folds: int = 0) -> argparse.ArgumentParser:
+def parser(
+    description: str, *, data_dir: str, out: str, budget: str, folds: int = 0, new_params_lr_scale: float = 1.0
+) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=Path(data_dir), help=f"evaluation data (default {data_dir})")
     p.add_argument("--train-dir", type=Path, default=None, help="training data; without it, --folds cross-validation")
@@ -54,9 +56,9 @@ def parser(description: str, *, data_dir: str, out: str, budget: str, folds: int
     p.add_argument("--distillation-weight", type=float, default=1.0,
                    help="weight of VIRT's distillation from the cross-encoder trained on the same data "
                    "(default 1)")
-    p.add_argument("--new-params-lr-scale", type=float, default=1.0,
+    p.add_argument("--new-params-lr-scale", type=float, default=new_params_lr_scale,
                    help="lr multiplier for parameters with no pre-trained counterpart (gates, special "
-                   "tokens, mixing weights, heads); default 1")
+                   f"tokens, mixing weights, heads); default {new_params_lr_scale:g}")
     p.add_argument("--out", type=Path, default=Path(out), help=f"output directory (default {out})")
     p.add_argument("--cache", type=Path, default=Path("work/cache"), help="cached stores/checkpoints")
     return p

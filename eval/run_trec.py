@@ -80,7 +80,8 @@ def _resolve(folder: Path, name: str, patterns: list[str], what: str) -> Path:
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     p = common.parser(
-        __doc__.split("\n\n")[0], data_dir="../shared/data/vaswani", out="runs/vaswani", budget="10m", folds=5
+        __doc__.split("\n\n")[0], data_dir="../shared/data/vaswani", out="runs/vaswani", budget="10m", folds=5,
+        new_params_lr_scale=20.0,  # as eval/run_msmarco.py
     )
     add_ir_args(p, depth=100, negatives="unjudged", lr=2e-5, hard_negatives=1, est_step_seconds=2.0, min_grade=1)
     p.add_argument("--corpus", default="doc-text.trec", help="corpus file/folder in --data-dir")
