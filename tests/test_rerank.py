@@ -87,8 +87,13 @@ def test_dense_first_stage_from_the_store_feeds_the_reranker(tiny_model_factory,
     dense = DenseSearcher(store, model)
     hits = dense.search("bake bread", k=3)
     q = model.encode_queries_pooled(["bake bread"])[0]
-    brute = {d: float(np.dot(q, model.encode_candidates([t]).pooled[0].numpy())) for d, t in DOCS.items()}
+    def cosine(v: np.ndarray) -> float:
+        return float(np.dot(q, v) / (np.linalg.norm(q) * np.linalg.norm(v)))
+
+    # the model scores by cosine, so its store searches by cosine
+    brute = {d: cosine(model.encode_candidates([t]).pooled[0].numpy()) for d, t in DOCS.items()}
     assert [h.docid for h in hits] == sorted(brute, key=lambda d: -brute[d])[:3]
+    assert [h.score for h in hits] == pytest.approx(sorted(brute.values(), reverse=True)[:3], abs=1e-5)
     searcher = RerankingSearcher(dense, Reranker(model, store), depth=4)
     assert {h.docid for h in searcher.search("bake bread", k=4)} == set(DOCS)
     with pytest.raises(ValueError, match="empty query"):

@@ -2,7 +2,9 @@
 
 The store built for reranking already holds one pooled vector per candidate (the backbone used
 as a mean-pooled dual encoder), so the same directory serves as a dense index; the model's
-``encode_queries_pooled`` is the matching query encoder.
+``encode_queries_pooled`` is the matching query encoder. Scores follow the store's
+``search_metric``: cosines for a store built from a cosine model (the default), inner products
+for ``"ip"`` stores (and stores written before the metric was recorded).
 """
 
 from __future__ import annotations

@@ -32,6 +32,11 @@ class DualEncoder:
         self.similarity = similarity
         self.scale = scale
 
+    @property
+    def search_metric(self) -> str:
+        """The candidate-store dense-search metric matching ``similarity``: cosine or ip."""
+        return "cosine" if self.similarity == "cosine" else "ip"
+
     def candidate_fingerprint(self) -> dict[str, Any]:
         return {**self.encoder.candidate_fingerprint(), "model_type": "dual"}
 

@@ -236,6 +236,12 @@ class MixEncoder(nn.Module):
         ]
 
     @property
+    def search_metric(self) -> str:
+        """The dense-search metric matching ``config.similarity``, for candidate stores:
+        ``"cosine"`` when the model scores by cosine, else ``"ip"`` (inner product)."""
+        return "cosine" if self.config.similarity == "cosine" else "ip"
+
+    @property
     def special_or_codes(self) -> torch.Tensor:
         return self.special_embeddings if self.config.strategy == "S" else self.context_codes
 

@@ -34,7 +34,7 @@ import faiss
 import numpy as np
 
 from ._io import atomic_write_json, fsync_dir, fsync_file, read_json
-from .shard import TMP_PREFIX
+from .shard import TMP_PREFIX, l2_normalise
 
 if TYPE_CHECKING:
     from .candidate_store import CandidateStore
@@ -142,6 +142,9 @@ def build_ann_index(
     sample = np.sort(sample)
     sample = sample[~np.isin(sample, dead)]
     train = _pooled_rows(store, sample)
+    cosine = store.search_metric == "cosine"
+    if cosine:  # the index holds what the flat copies hold: unit-norm pooled vectors
+        train = l2_normalise(train)
     index.cp.seed = seed
     index.train(train)
     del train
@@ -152,6 +155,8 @@ def build_ann_index(
             rows = np.arange(shard.start + lo, shard.start + hi, dtype=np.int64)
             keep = ~np.isin(rows, dead) if len(dead) else slice(None)
             x = np.ascontiguousarray(shard.pooled[lo:hi], dtype=np.float32)[keep]
+            if cosine:
+                x = l2_normalise(x)
             index.add_with_ids(x, rows[keep])
 
     generation = int(store.manifest["index"]["generation"])
@@ -168,6 +173,7 @@ def build_ann_index(
         "nprobe": int(nprobe),
         "train_size": int(len(sample)),
         "seed": seed,
+        "search_metric": store.search_metric,
         "count": int(index.ntotal),
         "index_generation": generation,
         "rows": int(store._num_rows),
@@ -221,6 +227,12 @@ def open_ann_index(store: CandidateStore) -> AnnIndex:
             f"the approximate index in {path} does not match the store (built for "
             f"{info.get('rows')} rows, the store has {store._num_rows}); rebuild it with "
             "store.build_ann_index()"
+        )
+    if info.get("search_metric", "ip") != store.search_metric:
+        raise ValueError(
+            f"the approximate index in {path} was built for search_metric "
+            f"{info.get('search_metric', 'ip')!r}, the store's is {store.search_metric!r}; "
+            "rebuild it with store.build_ann_index()"
         )
     index = faiss.read_index(str(path / "index.faiss"), faiss.IO_FLAG_MMAP)
     if index.ntotal != info["count"]:

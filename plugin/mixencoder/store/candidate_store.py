@@ -55,7 +55,15 @@ from ._io import (
     sha256_file,
 )
 from .errors import IncompleteStoreError, StoreCorruptError
-from .shard import TMP_PREFIX, Shard, ShardWriter, shard_number
+from .shard import (
+    TMP_PREFIX,
+    Shard,
+    ShardWriter,
+    check_search_metric,
+    entry_search_metric,
+    l2_normalise,
+    shard_number,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +113,7 @@ class CandidateStore:
         shard_size: int = 10_000,
         dtype: str = "float16",
         with_pooled: bool = True,
+        search_metric: str | None = None,
     ) -> CandidateStore:
         """Encode a corpus with ``model`` and write it as a new store.
 
@@ -127,6 +136,11 @@ class CandidateStore:
             dtype: ``"float16"`` (default, half the disk) or ``"float32"`` for stored vectors.
             with_pooled: also store the model's pooled vectors and a FAISS index for
                 :meth:`search`.
+            search_metric: how :meth:`search` scores: ``"ip"`` (inner product of the pooled
+                vectors as stored) or ``"cosine"`` (the FAISS copies hold L2-normalised pooled
+                vectors and queries are normalised; ``pooled.npy`` stays unnormalised).
+                ``None`` takes it from the model (``model.search_metric``; ``"ip"`` if the
+                model has none). Recorded in the manifest; a resume must use the same metric.
 
         Returns:
             The opened store; ``last_build_stats`` holds this run's throughput.
@@ -142,18 +156,22 @@ class CandidateStore:
         _check_positive_int("batch_size", batch_size)
         _check_positive_int("shard_size", shard_size)
         dtype = _check_dtype(dtype)
+        search_metric = resolve_search_metric(search_metric, model)
         params = {
             "fingerprint": fingerprint,
             "shard_size": shard_size,
             "dtype": dtype,
             "with_pooled": bool(with_pooled),
+            "search_metric": search_metric,
         }
         old_manifest = _prepare_build_dir(path, mode, params)
-        atomic_write_json(path / BUILD_STATE, params)
 
         # Finished shards of an interrupted build (none for a fresh one). Opening them runs the
         # same cheap checks as open(), so a damaged shard is reported, not silently reused.
         finished = _finished_build_shards(path, params)
+        # Written once the finished shards are known to match (a refused resume of orphan
+        # shards must not record its own arguments as the build's).
+        atomic_write_json(path / BUILD_STATE, params)
         it = iter(docs)
         done = _skip_finished_prefix(it, finished, shard_size)
         if finished:
@@ -171,6 +189,7 @@ class CandidateStore:
                 shard_size=shard_size,
                 dtype=np.dtype(dtype),
                 with_pooled=with_pooled,
+                search_metric=search_metric,
                 origin="build",
                 dims=dims,
                 batch_size=batch_size,
@@ -216,6 +235,7 @@ class CandidateStore:
         dtype: str = "float16",
         with_pooled: bool = True,
         build_stats: dict[str, Any] | None = None,
+        search_metric: str | None = None,
     ) -> CandidateStore:
         """Finish a store whose shards were written elsewhere (e.g. by a distributed build).
 
@@ -233,6 +253,9 @@ class CandidateStore:
             with_pooled: whether the shards hold pooled vectors and a FAISS index.
             build_stats: ``{"docs", "seconds", "docs_per_s"}`` of the build, kept as
                 ``last_build_stats`` (its ``docs_per_s`` goes into the manifest).
+            search_metric: the metric the shards' FAISS copies were written for (the
+                ``search_metric`` of their :class:`~.shard.ShardWriter`); ``None``: the one the
+                shards record. Every shard must agree with it.
 
         Returns:
             The opened store.
@@ -252,11 +275,14 @@ class CandidateStore:
         dtype = _check_dtype(dtype)
         if not shard_names:
             raise ValueError(f"no shards given to assemble into a store at {path}")
+        if search_metric is not None:
+            search_metric = check_search_metric(search_metric)
         params = {
             "fingerprint": fingerprint,
             "shard_size": shard_size,
             "dtype": dtype,
             "with_pooled": bool(with_pooled),
+            "search_metric": search_metric,
         }
         entries: list[dict[str, Any]] = []
         row = 0
@@ -273,6 +299,14 @@ class CandidateStore:
                 raise ValueError(
                     f"{path / name} {'has no' if with_pooled else 'has'} pooled vectors, but "
                     f"with_pooled={bool(with_pooled)}"
+                )
+            if params["search_metric"] is None:
+                params["search_metric"] = entry_search_metric(entry)
+            if entry_search_metric(entry) != params["search_metric"]:
+                raise ValueError(
+                    f"{path / name} was written with search_metric="
+                    f"{entry_search_metric(entry)!r}, but the store's is "
+                    f"{params['search_metric']!r}; all shards must use the same metric"
                 )
             first = entries[0] if entries else entry
             # Opening runs the same size/header checks as open() and checks dims and dtype.
@@ -406,6 +440,11 @@ class CandidateStore:
     def pooled_dim(self) -> int | None:
         """Dimension of the pooled vectors, or None if the store keeps none."""
         return self._manifest["pooled_dim"]
+
+    @property
+    def search_metric(self) -> str:
+        """How :meth:`search` scores: ``"ip"`` or ``"cosine"`` (stores without the key: "ip")."""
+        return str(self._manifest.get("search_metric", "ip"))
 
     @property
     def dtype(self) -> str:
@@ -617,7 +656,11 @@ class CandidateStore:
         approximate: bool = False,
         nprobe: int | None = None,
     ) -> list[list[tuple[str, float]]]:
-        """Inner-product search over the pooled vectors (FAISS, merged across shards).
+        """Dense search over the pooled vectors (FAISS, merged across shards).
+
+        Scores are inner products of the pooled vectors as stored when :attr:`search_metric`
+        is ``"ip"``, and cosines when it is ``"cosine"`` (the queries are L2-normalised here,
+        the stored copies were normalised at build time).
 
         Args:
             query_vectors: ``(nq, pooled_dim)`` float array, e.g. from
@@ -648,7 +691,7 @@ class CandidateStore:
             )
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
-        q = np.ascontiguousarray(q)
+        q = l2_normalise(q) if self.search_metric == "cosine" else np.ascontiguousarray(q)
         if approximate:
             if self._ann is None:
                 from .ann import open_ann_index
@@ -762,6 +805,7 @@ class CandidateStore:
                     shard_size=self._manifest["shard_size"],
                     dtype=self._dtype,
                     with_pooled=self.pooled_dim is not None,
+                    search_metric=self.search_metric,
                     origin="add",
                     dims=(self.dim, self.pooled_dim),
                     batch_size=batch_size,
@@ -792,6 +836,7 @@ class CandidateStore:
                 "shard_size": self._manifest["shard_size"],
                 "dtype": self.dtype,
                 "with_pooled": self.pooled_dim is not None,
+                "search_metric": self.search_metric,
             }
             manifest = _make_manifest(
                 params,
@@ -872,6 +917,7 @@ def _write_shards(
     with_pooled: bool,
     origin: str,
     dims: tuple[int | None, int | None],
+    search_metric: str = "ip",
     batch_size: int,
     seen: _SeenDocids,
     bar: Any,
@@ -899,6 +945,7 @@ def _write_shards(
                     origin=origin,
                     dim=dim,
                     pooled_dim=pooled_dim,
+                    search_metric=search_metric,
                 )
             # Hand the model many batches at once: it sorts each call's texts by length, so
             # bigger calls pad less (measured ~2x faster encoding with 16 batches per call).
@@ -983,9 +1030,13 @@ def _prepare_build_dir(path: Path, mode: str, params: dict[str, Any]) -> dict[st
                 "shard_size": old_manifest["shard_size"],
                 "dtype": old_manifest["dtype"],
                 "with_pooled": old_manifest["pooled_dim"] is not None,
+                "search_metric": old_manifest.get("search_metric", "ip"),
             }
         elif (path / BUILD_STATE).exists():
             previous = read_json(path / BUILD_STATE)
+            # A build state without the metric (older versions): the finished shards record
+            # the metric they were written with, and _finished_build_shards checks those.
+            previous.setdefault("search_metric", params["search_metric"])
         else:
             previous = params  # only orphan shard dirs: their own entries are checked later
         _check_same_params(path, previous, params)
@@ -1037,6 +1088,13 @@ def _finished_build_shards(path: Path, params: dict[str, Any]) -> list[Shard]:
         )
         if (shard.pooled is not None) != params["with_pooled"]:
             raise ValueError(f"{path / entry['name']} does not match with_pooled; cannot resume")
+        metric = params.get("search_metric", "ip")
+        if entry_search_metric(entry) != metric:
+            raise ValueError(
+                f"cannot resume the build at {path}: {path / entry['name']} was written with "
+                f"search_metric={entry_search_metric(entry)!r}, now called with "
+                f"search_metric={metric!r}. Pass the original metric, or mode='overwrite'."
+            )
         shards.append(shard)
         row += shard.count
     return shards
@@ -1158,6 +1216,7 @@ def _make_manifest(
         "pooled_dim": first["pooled_dim"] if params["with_pooled"] else None,
         "dtype": params["dtype"],
         "shard_size": params["shard_size"],
+        "search_metric": params.get("search_metric") or "ip",
         "shards": entries,
         "index": index,
         "build_docs_per_s": docs_per_s,
@@ -1179,6 +1238,22 @@ def _check_manifest(path: Path, manifest: Any) -> None:
             f"store at {path} has format_version {manifest['format_version']}, this mixencoder "
             f"reads version {FORMAT_VERSION}; rebuild the store with this version."
         )
+    if manifest.get("search_metric", "ip") not in ("ip", "cosine"):
+        raise StoreCorruptError(
+            f"{path / MANIFEST} has search_metric {manifest['search_metric']!r}, not 'ip' or "
+            "'cosine'; it is corrupt. Rebuild the store."
+        )
+
+
+def resolve_search_metric(search_metric: str | None, model: Any) -> str:
+    """``search_metric``, or for None the model's (``model.search_metric``; "ip" without one)."""
+    if search_metric is None:
+        search_metric = getattr(model, "search_metric", None)
+        if callable(search_metric):
+            search_metric = search_metric()
+        if search_metric is None:
+            search_metric = "ip"
+    return check_search_metric(search_metric)
 
 
 def _looks_like_store(path: Path) -> bool:

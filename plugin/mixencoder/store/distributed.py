@@ -43,10 +43,11 @@ from .candidate_store import (
     CandidateStore,
     _check_dtype,
     _check_positive_int,
-    _finished_build_shards,
     _fingerprint_of,
+    _finished_build_shards,
     _prepare_build_dir,
     _skip_finished_prefix,
+    resolve_search_metric,
 )
 from .shard import ShardWriter, reps_to_arrays, shard_name
 
@@ -68,6 +69,7 @@ class _BuildPlan:
     batch_size: int
     dtype: str
     with_pooled: bool
+    search_metric: str
     dim: int | None
     pooled_dim: int | None
     threads: int
@@ -95,6 +97,7 @@ def build_store_distributed(
     shard_size: int = 10_000,
     dtype: str = "float16",
     with_pooled: bool = True,
+    search_metric: str | None = None,
     mode: str = "create",
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float | None = None,
@@ -124,6 +127,8 @@ def build_store_distributed(
         shard_size: candidates per shard, as in :meth:`CandidateStore.build`.
         dtype: ``"float16"`` or ``"float32"``; actors cast before sending (half the traffic).
         with_pooled: also store pooled vectors and their FAISS index.
+        search_metric: ``"ip"``, ``"cosine"`` or ``None`` (the model's), as in
+            :meth:`CandidateStore.build`.
         mode: ``"create"``, ``"overwrite"`` or ``"resume"``, as in
             :meth:`CandidateStore.build`; a resumed build keeps the finished shards (also those
             of an interrupted single-process build) and encodes only the rest.
@@ -162,19 +167,23 @@ def build_store_distributed(
 
     driver_model = load_model(model)
     fingerprint = _fingerprint_of(driver_model)
+    search_metric = resolve_search_metric(search_metric, driver_model)
     del driver_model  # the actors hold the copies that do the work
     params = {
         "fingerprint": fingerprint,
         "shard_size": shard_size,
         "dtype": dtype,
         "with_pooled": bool(with_pooled),
+        "search_metric": search_metric,
     }
     _prepare_build_dir(path, mode, params)
-    atomic_write_json(path / BUILD_STATE, params)
 
     # Resume: the finished shards are a corpus prefix (the driver writes in order); check that
     # the corpus still starts with their docids, exactly as the single-process build does.
     finished = _finished_build_shards(path, params)
+    # Written once the finished shards are known to match (a refused resume of orphan
+    # shards must not record its own arguments as the build's).
+    atomic_write_json(path / BUILD_STATE, params)
     remaining = iter(read_corpus(corpus, fmt=fmt, check_duplicates=False))
     done = _skip_finished_prefix(remaining, finished, shard_size)
     sample = list(islice(remaining, _SAMPLE_DOCS))  # sizes Ray's blocks; empty: nothing left
@@ -192,6 +201,7 @@ def build_store_distributed(
         batch_size=batch_size,
         dtype=dtype,
         with_pooled=bool(with_pooled),
+        search_metric=search_metric,
         dim=dims[0],
         pooled_dim=dims[1],
         threads=max(1, int(cpus_per_worker)),
@@ -236,6 +246,7 @@ def build_store_distributed(
         dtype=dtype,
         with_pooled=with_pooled,
         build_stats=stats,
+        search_metric=search_metric,
     )
     logger.info(
         "built candidate store %s on Ray: %d candidates (%d encoded now) with %d workers, "
@@ -581,6 +592,7 @@ class _OrderedShardWriter:
                 number,
                 dtype=np.dtype(self.plan.dtype),
                 with_pooled=self.plan.with_pooled,
+                search_metric=self.plan.search_metric,
                 origin="build",
                 dim=self._dims[0],
                 pooled_dim=self._dims[1],

@@ -7,7 +7,8 @@ A shard holds ``count`` candidates in row order::
       offsets.npy   (count + 1,) int64
       docids.npy    (count,) 'S<n>'       the docid of each row, UTF-8
       pooled.npy    (count, pooled_dim)   store dtype  [only if the store keeps pooled vectors]
-      pooled.faiss  IndexFlatIP over the same pooled vectors (as float32) for dense search
+      pooled.faiss  IndexFlatIP over the same pooled vectors (as float32) for dense search;
+                    L2-normalised first when the store's search_metric is "cosine"
       shard.json    this shard's manifest entry (sizes, sha256, shapes), copied into manifest.json
 
 :class:`ShardWriter` streams a shard into a hidden temp directory and renames it into place when
@@ -43,6 +44,27 @@ from .errors import StoreCorruptError
 logger = logging.getLogger(__name__)
 
 SHARD_PREFIX = "shard-"
+SEARCH_METRICS = ("ip", "cosine")
+
+
+def check_search_metric(metric: Any) -> str:
+    """Validate a store's ``search_metric`` (``"ip"`` or ``"cosine"``) and return it."""
+    if metric not in SEARCH_METRICS:
+        raise ValueError(f"search_metric must be one of {SEARCH_METRICS}, got {metric!r}")
+    return str(metric)
+
+
+def entry_search_metric(entry: dict[str, Any]) -> str:
+    """The metric of a shard's manifest entry; entries written before it existed are "ip"."""
+    return str(entry.get("search_metric", "ip"))
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Float32 copy of ``x`` with unit-norm rows (all-zero rows stay zero)."""
+    x = np.array(x, dtype=np.float32, copy=True)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    np.divide(x, norms, out=x, where=norms > 0)
+    return np.ascontiguousarray(x)
 TMP_PREFIX = ".tmp-"
 
 
@@ -148,7 +170,9 @@ class ShardWriter:
         origin: str,
         dim: int | None = None,
         pooled_dim: int | None = None,
+        search_metric: str = "ip",
     ) -> None:
+        self.search_metric = check_search_metric(search_metric)
         self.name = shard_name(number)
         self.final_dir = root / self.name
         self.tmp_dir = root / f"{TMP_PREFIX}{self.name}-{os.getpid()}"
@@ -187,8 +211,12 @@ class ShardWriter:
         if pooled is not None:
             assert self._pooled is not None and self._index is not None
             self._pooled.append(pooled)
-            # Index the stored (rounded) values so search scores match what gather returns.
-            self._index.add(np.ascontiguousarray(pooled, dtype=np.float32))
+            # Index the stored (rounded) values so search scores match what gather returns
+            # (for "cosine": the cosines of those values).
+            x = np.ascontiguousarray(pooled, dtype=np.float32)
+            if self.search_metric == "cosine":
+                x = l2_normalise(x)
+            self._index.add(x)
         self._lengths.append(lengths)
         self._docids.extend(keys)
 
@@ -224,6 +252,7 @@ class ShardWriter:
             "total_vectors": int(offsets[-1]),
             "dim": self.dim,
             "pooled_dim": self.pooled_dim if self.with_pooled else None,
+            "search_metric": self.search_metric,
             "files": files,
         }
         atomic_write_json(d / "shard.json", entry)
