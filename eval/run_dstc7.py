@@ -43,7 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 from common import setup_logging  # noqa: E402
-from run_ubuntu import add_dialogue_args, matching_examples_from, resolve_path, run_response_selection  # noqa: E402
+from run_ubuntu import (  # noqa: E402
+    COMPARISONS, add_dialogue_args, matching_examples_from, resolve_path, run_response_selection,
+)
 
 from mixencoder.data import read_dstc7  # noqa: E402
 from mixencoder.training import MatchingExample  # noqa: E402
@@ -98,13 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             resolve_path(train_dir, args.train_file), args.limit_train, args.hard_negatives
         ),
         measures=DSTC7_MEASURES,
-        comparisons=[
-            ("mixencoder", "dual-zeroshot", "R@1"),
-            ("mixencoder", "dual-zeroshot", "RR"),
-            ("mixencoder", "bm25", "R@1"),
-            ("mixencoder", "bm25", "RR"),
-            ("mixencoder-zeroshot", "dual-zeroshot", "RR"),
-        ],
+        comparisons=COMPARISONS,
     )
     return 0
 

@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import Results, setup_logging, train_cached  # noqa: E402
 from common import plan_budget  # noqa: E402
-from run_ubuntu import resolve_layers, resolve_path  # noqa: E402
+from run_ubuntu import fresh_model_config, resolve_path  # noqa: E402
 
 from mixencoder import MixEncoder  # noqa: E402
 from mixencoder.data import kfold_split, read_mnli  # noqa: E402
@@ -105,15 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pairs = read_pairs(resolve_path(args.data_dir, args.data_file), args.limit_eval)
     by_id = {e.pair_id: e for e in pairs}
-    layers = resolve_layers(args.interaction_layers, args.backbone)
-    model_config = {
-        "k": args.k,
-        "interaction_layers": layers,
-        "query_max_length": args.query_max_length,
-        "candidate_max_length": args.candidate_max_length,
-        "pooled_residual": True,
-        "num_labels": len(LABELS),
-    }
+    model_config = fresh_model_config(args, num_labels=len(LABELS))
     if args.train_dir is not None:
         train_pairs = read_pairs(resolve_path(args.train_dir, args.train_file), args.limit_train)
         folds = [("all", train_pairs, list(by_id))]

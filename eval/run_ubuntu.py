@@ -120,6 +120,14 @@ logger = logging.getLogger("eval")
 
 SYSTEMS = ("bm25", "dual-zeroshot", "mixencoder-zeroshot", "mixencoder")
 UBUNTU_MEASURES = ("R@1", "R@2", "R@5", "RR")
+#: The paired differences printed by the response-selection scripts.
+COMPARISONS = [
+    ("mixencoder", "dual-zeroshot", "R@1"),
+    ("mixencoder", "dual-zeroshot", "RR"),
+    ("mixencoder", "bm25", "R@1"),
+    ("mixencoder", "bm25", "RR"),
+    ("mixencoder-zeroshot", "dual-zeroshot", "RR"),
+]
 
 
 # ---------------------------------------------------------------------- arguments
@@ -183,6 +191,18 @@ def resolve_layers(spec: Sequence[int] | None, backbone: str | None) -> list[int
     if any(j < 1 for j in layers):
         raise SystemExit(f"--interaction-layers {list(spec)}: the backbone has {depth} layers")
     return layers
+
+
+def fresh_model_config(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """The MixEncoder config of fresh models from the shared dialogue/NLI options."""
+    return {
+        "k": args.k,
+        "interaction_layers": resolve_layers(args.interaction_layers, args.backbone),
+        "query_max_length": args.query_max_length,
+        "candidate_max_length": args.candidate_max_length,
+        "pooled_residual": True,
+        **extra,
+    }
 
 
 # ---------------------------------------------------------------------- text helpers
@@ -321,14 +341,7 @@ def run_response_selection(
     timings: dict[str, float] = {}
     qrels, raw_queries, candidates = to_qrels_and_candidates(eval_examples, docid_salt=args.docid_salt)
     qids = list(qrels)
-    layers = resolve_layers(args.interaction_layers, args.backbone)
-    model_config = {
-        "k": args.k,
-        "interaction_layers": layers,
-        "query_max_length": args.query_max_length,
-        "candidate_max_length": args.candidate_max_length,
-        "pooled_residual": True,
-    }
+    model_config = fresh_model_config(args)
     results = Results(args.out, qrels, list(measures))
     results.notes.update(
         task=task,
@@ -513,13 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_examples=examples,
         load_train=lambda: load_ubuntu_train(resolve_path(train_dir, args.train_file), args.limit_train),
         measures=UBUNTU_MEASURES,
-        comparisons=[
-            ("mixencoder", "dual-zeroshot", "R@1"),
-            ("mixencoder", "dual-zeroshot", "RR"),
-            ("mixencoder", "bm25", "R@1"),
-            ("mixencoder", "bm25", "RR"),
-            ("mixencoder-zeroshot", "dual-zeroshot", "RR"),
-        ],
+        comparisons=COMPARISONS,
     )
     return 0
 
