@@ -198,7 +198,7 @@ def online_gemms(name: str, model: Any, lq: int, lc: int, n: int) -> list[Gemm]:
                 (1, n, d, hq, 1), (1, n, hq, d, 1), (1, n, d, d, 2 if layer == 0 else 3),
                 (1, n, d, dff, 1), (1, n, dff, d, 1),
             ]
-        return out + sim
+        return out + mixing_gemms(model, n, d) + sim
     if name.startswith("mixencoder"):
         k, j = model.config.k, len(model.layer_ids)
         out = query + [(1, lq, d, d, 2 * j)]  # each interaction layer's query keys/values
@@ -214,8 +214,14 @@ def online_gemms(name: str, model: Any, lq: int, lc: int, n: int) -> list[Gemm]:
             (1, n, d, d, 1), (1, n, 3 * d, d, 1),  # dense, gate
             (1, n, d, dff, 1), (1, n, dff, d, 1),  # H's feed-forward
         ]
-        return out + [g for _ in range(j) for g in per_layer] + sim
+        return out + [g for _ in range(j) for g in per_layer] + mixing_gemms(model, n, d) + sim
     raise ValueError(f"no FLOP model for system {name!r}")
+
+
+def mixing_gemms(model: Any, n: int, d: int) -> list[Gemm]:
+    """The ``d x d`` maps taking h and mean(E) into the pooled vectors (``mixing="linear"``)."""
+    cfg = model.config
+    return [(1, n, d, d, 2)] if cfg.pooled_residual and cfg.mixing == "linear" else []
 
 
 def gemm_flops(gemms: Sequence[Gemm]) -> int:
@@ -494,9 +500,12 @@ def fast_mixencoder_score(model: MixEncoder) -> Callable[[Any, Any], torch.Tenso
             h = ffn(layer.h_ffn, layer.h_norm(gated))
             e = e_new
         e_mean = e if k == 1 else e.view(n, k, d).mean(1)
-        if cfg.pooled_residual:
+        if cfg.pooled_residual and cfg.mixing == "scalar":
             hq = state.pooled[0][None] + model.alpha * h
             ev = reps.pooled.to(torch.float32) + model.beta * e_mean
+        elif cfg.pooled_residual:
+            hq = state.pooled[0][None] + model.mix_query(h)
+            ev = reps.pooled.to(torch.float32) + model.mix_candidate(e_mean)
         else:
             hq, ev = h, e_mean
         if cfg.similarity == "cosine":

@@ -203,9 +203,16 @@ def train_cached(
         new_parameters_lr_scale=new_parameters_lr_scale,
         distillation_weight=distillation_weight if teacher is not None else 0.0,
     )
+    if system == "mixencoder":
+        model = MixEncoder.from_pretrained(backbone, **model_config)
+    else:
+        model = build_system(system, backbone, **model_config)
+    # The key holds the fresh model's whole resolved config, not just the overrides given
+    # here: a changed default in the model code must not reuse a model trained under the old one.
+    resolved = {k: v for k, v in model.config.to_dict().items() if k != "backbone_config"}
     teacher_key = [teacher[1]] if teacher is not None else []
     key = fingerprint(
-        name, [repr(e) for e in examples], config.identity(), dict(model_config), backbone, system, *teacher_key
+        name, [repr(e) for e in examples], config.identity(), resolved, backbone, system, *teacher_key
     )
     out = cache / "train" / f"{name}-{key}"
     done = out / "final" / "config.json"
@@ -213,10 +220,6 @@ def train_cached(
     if done.is_file() and info_path.is_file():
         logger.info("reusing trained model %s", out / "final")
         return load_model(out / "final"), {**json.loads(info_path.read_text()), "dir": str(out)}
-    if system == "mixencoder":
-        model = MixEncoder.from_pretrained(backbone, **model_config)
-    else:
-        model = build_system(system, backbone, **model_config)
     result = train(
         model, list(examples), config, output_dir=out, resume=True, teacher=None if teacher is None else teacher[0]
     )

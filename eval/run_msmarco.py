@@ -474,11 +474,8 @@ def _warn_if_capped(info: Mapping[str, Any], budget: Budget, what: str) -> None:
 
 def _with_mixing(info: Mapping[str, Any], model: MixEncoder) -> dict[str, Any]:
     """Training info plus the learned pooled-residual mixing weights (how far from the dual)."""
-    out = dict(info)
-    for name in ("alpha", "beta"):
-        if hasattr(model, name):
-            out[name] = round(float(getattr(model, name).detach()), 5)
-    return out
+    summary = model.mixing_summary() if hasattr(model, "mixing_summary") else {}
+    return {**info, **{name: round(value, 5) for name, value in summary.items()}}
 
 
 # ---------------------------------------------------------------------- MS MARCO data

@@ -104,6 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="1-based backbone layers that interact (default: the last)")
     parser.add_argument("--similarity", choices=("cosine", "dot"), default=None)
     parser.add_argument("--strategy", choices=("S", "C"), default=None)
+    parser.add_argument("--mixing", choices=("linear", "scalar"), default=None,
+                        help="how the interaction joins the pooled vectors (MixEncoderConfig.mixing)")
     parser.add_argument("--query-max-length", type=int, default=None)
     parser.add_argument("--candidate-max-length", type=int, default=None)
     parser.add_argument("--log-level", default="INFO")
@@ -130,6 +132,7 @@ def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "interaction_layers": args.interaction_layers,
         "similarity": args.similarity,
         "strategy": args.strategy,
+        "mixing": args.mixing,
         "query_max_length": args.query_max_length,
         "candidate_max_length": args.candidate_max_length,
     }

@@ -26,7 +26,7 @@ def perturb(model: MixEncoder, seed: int = 1) -> MixEncoder:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-        if model.config.pooled_residual:
+        if model.config.pooled_residual and model.config.mixing == "scalar":
             model.alpha.fill_(0.7)
             model.beta.fill_(-0.4)
     return model.eval()
@@ -67,16 +67,20 @@ def reference_score(model: MixEncoder, query: str, text: str) -> float:
             H = layer.h_ffn.norm(layer.h_ffn.fc_out(layer.h_ffn.act(layer.h_ffn.fc_in(H))) + H)
             E = E_next
         h, e = H, E.mean(0)
-        if model.config.pooled_residual:
+        if model.config.pooled_residual and model.config.mixing == "scalar":
             h = hs[-1][0].mean(0) + model.alpha * h
             e = c_bar[0] + model.beta * e
+        elif model.config.pooled_residual:
+            h = hs[-1][0].mean(0) + model.mix_query.weight @ h
+            e = c_bar[0] + model.mix_candidate.weight @ e
         if model.config.similarity == "cosine":
             return float(F.cosine_similarity(h, e, dim=0) * model.log_scale.exp())
         return float(h @ e)
 
 
 CONFIGS = [
-    dict(),  # MixEncoder-a: k=1, last layer, S strategy, cosine, pooled residual
+    dict(),  # MixEncoder-a: k=1, last layer, S strategy, cosine, pooled residual, linear mixing
+    dict(mixing="scalar"),  # the first pooled-residual design: scalar mixing weights
     dict(k=2, interaction_layers=[2, 3]),  # MixEncoder-c on 3 layers
     dict(k=3, strategy="C", similarity="dot"),
     dict(interaction_layers=[1, 2, 3], pooled_residual=False, similarity="dot"),  # paper-pure -b
@@ -156,13 +160,18 @@ def test_interaction_weights_are_copies_not_ties(tiny_model_factory):
     assert not torch.equal(model.interaction[0].ffn.fc_in.weight, layer.intermediate.dense.weight)
 
 
-def test_interaction_changes_scores_once_trained(tiny_model_factory):
-    # Guard against a head that silently ignores H and E: with alpha, beta != 0 the scores move.
-    model = tiny_model_factory()
+@pytest.mark.parametrize("mixing", ["linear", "scalar"])
+def test_interaction_changes_scores_once_trained(tiny_model_factory, mixing):
+    # Guard against a head that silently ignores H and E: with mixing weights != 0 the scores move.
+    model = tiny_model_factory(mixing=mixing)
     before = model.score_texts(QUERIES[0], DOCS)
     with torch.no_grad():
-        model.alpha.fill_(1.0)
-        model.beta.fill_(1.0)
+        if mixing == "scalar":
+            model.alpha.fill_(1.0)
+            model.beta.fill_(1.0)
+        else:
+            model.mix_query.weight.copy_(torch.eye(model.hidden_size))
+            model.mix_candidate.weight.copy_(torch.eye(model.hidden_size))
     after = model.score_texts(QUERIES[0], DOCS)
     assert max(abs(a - b) for a, b in zip(before, after)) > 1e-3
 
@@ -183,7 +192,7 @@ def test_fingerprint_tracks_candidate_side_weights_only(tiny_model_factory):
     model = tiny_model_factory()
     fp = model.candidate_fingerprint()
     with torch.no_grad():
-        model.alpha.fill_(0.5)  # online-only parameter: stored reps stay valid
+        model.mix_query.weight.fill_(0.5)  # online-only parameter: stored reps stay valid
     assert model.candidate_fingerprint() == fp
     with torch.no_grad():
         model.special_embeddings.add_(0.1)
@@ -249,3 +258,40 @@ def test_fingerprint_is_stable_across_loads_and_use(tiny_backbone_dir):
     a.encode_candidates(["rain in the city"])
     a.encode_query("bread")
     assert a.candidate_fingerprint() == b.candidate_fingerprint()
+
+
+def _interaction_grad_norm(model: MixEncoder) -> float:
+    model.train()
+    model.zero_grad()
+    scores = model(model.tokenize_queries(QUERIES[:2]), model.tokenize_candidates(DOCS[:2]))
+    F.cross_entropy(scores, torch.arange(2)).backward()
+    grads = [p.grad for n, p in model.named_parameters() if n.startswith("interaction.") and p.grad is not None]
+    return float(sum(g.norm() ** 2 for g in grads) ** 0.5)
+
+
+def test_linear_mixing_lets_the_interaction_layers_train(tiny_model_factory):
+    # At step 0 both designs score as the dual encoder, so the interaction layers get no
+    # gradient. The zero maps themselves get a full d x d gradient, and once they move (one
+    # step) the interaction layers get gradient; that is what scalar mixing lacked in practice.
+    model = tiny_model_factory(mixing="linear")
+    assert _interaction_grad_norm(model) == 0.0
+    g = model.mix_query.weight.grad
+    assert torch.linalg.matrix_rank(g) >= 2  # not a one-number signal like a scalar's
+    with torch.no_grad():
+        model.mix_query.weight.sub_(0.1 * g)
+        model.mix_candidate.weight.sub_(0.1 * model.mix_candidate.weight.grad)
+    assert _interaction_grad_norm(model) > 0.0
+
+
+def test_configs_saved_before_mixing_existed_load_as_scalar(tiny_model_factory, tmp_path):
+    import json
+
+    model = perturb(tiny_model_factory(mixing="scalar"))
+    model.save_pretrained(tmp_path / "old")
+    config_path = tmp_path / "old" / "config.json"
+    data = json.loads(config_path.read_text())
+    assert data["config"].pop("mixing") == "scalar"
+    config_path.write_text(json.dumps(data))
+    loaded = MixEncoder.from_pretrained(tmp_path / "old")
+    assert loaded.config.mixing == "scalar"
+    assert loaded.score_texts(QUERIES[0], DOCS) == model.score_texts(QUERIES[0], DOCS)

@@ -306,16 +306,17 @@ def test_training_starts_from_the_given_weights(tiny_model_factory, tmp_path):
           output_dir=tmp_path)
     for name, p in model.named_parameters():
         assert torch.allclose(p, before[name], atol=1e-9), name
-    assert float(model.alpha.detach()) == pytest.approx(0.0, abs=1e-9)
+    assert float(model.mix_query.weight.detach().abs().max()) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_new_parameters_get_their_own_learning_rate(tiny_model_factory):
     """new_parameters_lr_scale multiplies the lr of exactly the model's new_parameter_names()."""
     from mixencoder.training.trainer import build_optimizer
 
+    assert {"alpha", "beta"} <= set(tiny_model_factory(mixing="scalar").new_parameter_names())
     model = tiny_model_factory(pooled_residual=True)
     fresh = set(model.new_parameter_names())
-    assert {"alpha", "beta"} <= fresh and not any(n.startswith("backbone.") for n in fresh)
+    assert not any(n.startswith(("backbone.", "mix_")) for n in fresh)
     assert any(".gate." in n for n in fresh) and not any(".query." in n for n in fresh)
     optimizer, names = build_optimizer(model, TrainingConfig(new_parameters_lr_scale=30.0))
     assert sorted(names) == sorted(n for n, p in model.named_parameters() if p.requires_grad)

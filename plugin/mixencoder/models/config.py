@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 Strategy = Literal["S", "C"]
 Similarity = Literal["dot", "cosine"]
+Mixing = Literal["linear", "scalar"]
 
 
 @dataclass
@@ -31,6 +32,14 @@ class MixEncoderConfig:
             initialisation, so an untrained model scores exactly like the backbone used as a dual
             encoder (what a mean-pooled sentence encoder such as all-MiniLM already knows) and
             training adds the interaction on top instead of starting from random scores.
+        mixing: how ``h`` and ``mean(E)`` join the pooled vectors when ``pooled_residual``.
+            ``"linear"``: ``qbar + A h`` and ``cbar + B mean(E)`` with ``d x d`` maps ``A``, ``B``
+            initialised to zero (ControlNet's "zero convolution"): still the dual encoder at
+            step 0, but ``A`` and ``B`` get a full-rank gradient at once, and through them the
+            interaction layers. ``"scalar"``: scalars ``alpha``, ``beta`` (the first design, and
+            what configs saved before this field existed mean): at ``alpha = beta = 0`` the
+            interaction layers get exactly zero gradient, and on Ubuntu-IRC the two scalars
+            stayed near zero through training, so the interaction never trained.
         num_labels: size of the classifier head over ``[h; e; |h - e|]`` (3 for NLI, 0: none).
         query_max_length: query truncation, in tokens.
         candidate_max_length: candidate truncation, in tokens (the k special tokens included).
@@ -46,6 +55,7 @@ class MixEncoderConfig:
     scale: float = 20.0
     learnable_scale: bool = False
     pooled_residual: bool = True
+    mixing: Mixing = "linear"
     num_labels: int = 0
     query_max_length: int = 32
     candidate_max_length: int = 180
@@ -58,6 +68,8 @@ class MixEncoderConfig:
             raise ValueError(f"strategy must be 'S' or 'C', got {self.strategy!r}")
         if self.similarity not in ("dot", "cosine"):
             raise ValueError(f"similarity must be 'dot' or 'cosine', got {self.similarity!r}")
+        if self.mixing not in ("linear", "scalar"):
+            raise ValueError(f"mixing must be 'linear' or 'scalar', got {self.mixing!r}")
         if self.strategy == "S" and self.candidate_max_length <= self.k + 1:
             raise ValueError(
                 f"candidate_max_length={self.candidate_max_length} leaves no room for text "
@@ -92,4 +104,5 @@ class MixEncoderConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown MixEncoderConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        # Configs saved before ``mixing`` existed mixed by scalars (their weights hold alpha/beta).
+        return cls(**{"mixing": "scalar", **data})

@@ -176,9 +176,16 @@ class MixEncoder(nn.Module):
         self.interaction = nn.ModuleList(
             InteractionLayer(layers[j - 1], self.num_heads, dropout) for j in self.layer_ids
         )
-        if config.pooled_residual:
+        if config.pooled_residual and config.mixing == "scalar":
             self.alpha = nn.Parameter(torch.zeros(()))
             self.beta = nn.Parameter(torch.zeros(()))
+        elif config.pooled_residual:
+            # Zero maps: step 0 is the dual encoder, yet the gradient reaching A (B) is the
+            # full outer product of dL/dq (dL/dc) and h (mean E), not one scalar's worth.
+            self.mix_query = nn.Linear(d, d, bias=False)
+            self.mix_candidate = nn.Linear(d, d, bias=False)
+            nn.init.zeros_(self.mix_query.weight)
+            nn.init.zeros_(self.mix_candidate.weight)
         log_scale = torch.tensor(math.log(config.scale), dtype=torch.float32)
         if config.learnable_scale:
             self.log_scale = nn.Parameter(log_scale)
@@ -228,12 +235,29 @@ class MixEncoder(nn.Module):
 
     def new_parameter_names(self) -> list[str]:
         """Parameters with no pre-trained counterpart (the trainer may give them a larger
-        learning rate): gates, special tokens or context codes, mixing weights, scale, head.
-        The interaction layers' other weights are copies of backbone layers, so not new."""
+        learning rate): gates, special tokens or context codes, mixing scalars, scale, head.
+        The interaction layers' other weights are copies of backbone layers, so not new. The
+        zero-initialised mixing maps are left out too: one Adam step moves every entry of a
+        ``d x d`` map by about the learning rate, so its output by ``lr * |h|_1`` per coordinate,
+        already a few per cent of the pooled vector at the backbone's rate."""
         return [
             n for n, _ in self.named_parameters()
-            if not n.startswith("backbone.") and (not n.startswith("interaction.") or ".gate." in n)
+            if not n.startswith(("backbone.", "mix_"))
+            and (not n.startswith("interaction.") or ".gate." in n)
         ]
+
+    def mixing_summary(self) -> dict[str, float]:
+        """How much of the interaction reaches the score (for training logs): the scalars
+        ``alpha``/``beta``, or the Frobenius norms of the mixing maps; empty without
+        ``pooled_residual`` (the score is then the interaction alone)."""
+        if not self.config.pooled_residual:
+            return {}
+        if self.config.mixing == "scalar":
+            return {"alpha": float(self.alpha.detach()), "beta": float(self.beta.detach())}
+        return {
+            "mix_query_norm": float(self.mix_query.weight.detach().norm()),
+            "mix_candidate_norm": float(self.mix_candidate.weight.detach().norm()),
+        }
 
     @property
     def search_metric(self) -> str:
@@ -314,8 +338,12 @@ class MixEncoder(nn.Module):
                     "this model (pooled_residual=True) needs the candidates' pooled vectors; "
                     "build the store with with_pooled=True"
                 )
-            h = query.pooled[:, None, :] + self.alpha * h
-            e = cand_pooled + self.beta * e
+            if self.config.mixing == "scalar":
+                h = query.pooled[:, None, :] + self.alpha * h
+                e = cand_pooled + self.beta * e
+            else:
+                h = query.pooled[:, None, :] + self.mix_query(h)
+                e = cand_pooled + self.mix_candidate(e)
         return h, e
 
     def similarity(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
