@@ -168,6 +168,11 @@ def add_dialogue_args(
         f"(default {est_step_seconds:g}, measured on 2 CPU cores)",
     )
     p.add_argument("--docid-salt", default="ubuntu-irc-eval", help="salt of the candidate docids")
+    p.add_argument(
+        "--ablate-interaction", action="store_true",
+        help="also evaluate each trained pooled-residual MixEncoder with its interaction switched "
+        "off (its own fine-tuned backbone as a mean-pooled dual encoder), as SYSTEM-pooled",
+    )
     return p
 
 
@@ -421,6 +426,7 @@ def run_response_selection(
     trained = [s for s in args.systems if s == "mixencoder" or s in BASELINE_SYSTEMS]
     train_info: dict[str, dict[str, Any]] = {}
     truncated: dict[str, list[MatchingExample]] = {}
+    ablated: dict[str, list[tuple[dict, float, int]]] = {}
     for system in trained:
         parts = []
         if system == "mixencoder" and args.model is not None:
@@ -466,7 +472,18 @@ def run_response_selection(
                 train_info.setdefault(system, {})[fold.name] = info
                 logger.info("trained %s %s: %s", system, fold.name, info)
                 parts.append(neural_run(system, model, tokenizer_model, fold, f"{task}-{system}-{fold.name}"))
+                if args.ablate_interaction and isinstance(model, MixEncoder) and model.config.pooled_residual:
+                    # Same trained weights, interaction off: what the interaction itself adds.
+                    ablated.setdefault(system, []).append(neural_run(
+                        f"{system}-pooled", DualEncoder(model), tokenizer_model, fold,
+                        f"{task}-{system}-pooled-{fold.name}",
+                    ))
         add(system, parts)
+        if system in ablated:
+            add(f"{system}-pooled", ablated[system])
+            comparisons = [*comparisons, *((system, f"{system}-pooled", m) for m in ("R@1", "RR"))]
+        if system != "dual" and "dual" in args.systems:
+            comparisons = [*comparisons, *((system, "dual", m) for m in ("R@1", "RR"))]
     if trained:
         # one system: {fold: info} as before; several: {system: {fold: info}}
         results.notes["training"] = train_info[trained[0]] if len(trained) == 1 else train_info

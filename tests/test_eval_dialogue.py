@@ -44,7 +44,7 @@ def check_ranking_outputs(out: Path, measures: list[str], n_queries: int) -> dic
         assert len({line.split()[0] for line in lines}) == n_queries
     for system in ("dual-zeroshot", "mixencoder-zeroshot", "mixencoder"):
         assert metrics[system]["store_bytes"] > 0
-    # alpha = beta = 0 at initialisation: the fresh MixEncoder scores exactly like the dual.
+    # Zero mixing maps at initialisation: the fresh MixEncoder scores exactly like the dual.
     for m in measures:
         assert metrics["mixencoder-zeroshot"][m] == metrics["dual-zeroshot"][m]
     notes = json.loads((out / "notes.json").read_text())
@@ -65,8 +65,12 @@ def test_run_ubuntu_smoke(tmp_path, shared_data, tiny_backbone_dir, capsys):
     metrics = check_ranking_outputs(tmp_path / "out", list(run_ubuntu.UBUNTU_MEASURES), 6)
     assert "mixencoder - dual-zeroshot [R@1]" in capsys.readouterr().out
     # A second run reuses the cached checkpoint and stores and reproduces every figure.
-    assert run_ubuntu.main(argv + ["--systems", "mixencoder"]) == 0
+    assert run_ubuntu.main(argv + ["--systems", "mixencoder", "--ablate-interaction"]) == 0
     again = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    # The ablation row: the same trained weights scored with the interaction switched off.
+    assert set(again) == {"mixencoder", "mixencoder-pooled"}
+    notes = json.loads((tmp_path / "out" / "notes.json").read_text())
+    assert "mixencoder - mixencoder-pooled [R@1]" in notes["paired_differences"]
     assert {k: v for k, v in again["mixencoder"].items() if k != "ms_per_query"} == {
         k: v for k, v in metrics["mixencoder"].items() if k != "ms_per_query"
     }
