@@ -123,6 +123,10 @@ def system_config(system: str, model_config: Mapping[str, Any]) -> dict[str, Any
     config = {k: model_config[k] for k in ("query_max_length", "candidate_max_length") if k in model_config}
     if MODEL_SYSTEMS[system][0] == "mixencoder":
         config["pooled_residual"] = model_config.get("pooled_residual", True)
+        # Training-recipe fields of MixEncoder, not architecture: they follow the script's options.
+        for name in ("mixing", "interaction_trains_backbone"):
+            if name in model_config:
+                config[name] = model_config[name]
     return config
 
 

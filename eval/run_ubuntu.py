@@ -169,6 +169,11 @@ def add_dialogue_args(
     )
     p.add_argument("--docid-salt", default="ubuntu-irc-eval", help="salt of the candidate docids")
     p.add_argument(
+        "--detach-interaction", action="store_true",
+        help="train MixEncoders with interaction_trains_backbone=False (the backbone learns from "
+        "the pooled vectors only; the interaction learns on top)",
+    )
+    p.add_argument(
         "--ablate-interaction", action="store_true",
         help="also evaluate each trained pooled-residual MixEncoder with its interaction switched "
         "off (its own fine-tuned backbone as a mean-pooled dual encoder), as SYSTEM-pooled",
@@ -206,6 +211,7 @@ def fresh_model_config(args: argparse.Namespace, **extra: Any) -> dict[str, Any]
         "query_max_length": args.query_max_length,
         "candidate_max_length": args.candidate_max_length,
         "pooled_residual": True,
+        "interaction_trains_backbone": not args.detach_interaction,
         **extra,
     }
 

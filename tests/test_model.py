@@ -295,3 +295,32 @@ def test_configs_saved_before_mixing_existed_load_as_scalar(tiny_model_factory, 
     loaded = MixEncoder.from_pretrained(tmp_path / "old")
     assert loaded.config.mixing == "scalar"
     assert loaded.score_texts(QUERIES[0], DOCS) == model.score_texts(QUERIES[0], DOCS)
+
+
+def test_detached_interaction_leaves_the_backbone_to_the_pooled_vectors(tiny_model_factory):
+    # interaction_trains_backbone=False: the backbone's gradient is exactly that of the pooled
+    # score with h and mean(E) held constant.
+    model = perturb(tiny_model_factory(similarity="dot", interaction_layers=[2, 3], interaction_trains_backbone=False))
+    q, c = model.tokenize_queries(QUERIES[:2]), model.tokenize_candidates(DOCS[:2])
+    model.zero_grad()
+    model(q, c).sum().backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if n.startswith("backbone.") and p.grad is not None}
+
+    model.zero_grad()
+    with torch.no_grad():
+        state = model.encode_queries_torch(**q)
+        e0, _ = model.encode_candidates_torch(**c)
+        h, e = model.interact(state, e0.unsqueeze(0).expand(2, -1, -1, -1))
+    qbar = model.encode_queries_torch(**q).pooled
+    cbar = model.encode_candidates_torch(**c)[1]
+    scores = (qbar[:, None] + model.mix_query(h)) @ (cbar[None] + model.mix_candidate(e)).transpose(-1, -2)
+    torch.diagonal(scores, dim1=-2, dim2=-1).sum().backward()  # (B, C, C): keep candidate c's row
+    want = {n: p.grad for n, p in model.named_parameters() if n.startswith("backbone.") and p.grad is not None}
+    assert set(got) == set(want) and got
+    for name in got:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
+    # With the default (True) the interaction does reach the backbone: gradients differ.
+    model.config.interaction_trains_backbone = True
+    model.zero_grad()
+    model(q, c).sum().backward()
+    assert any(not torch.allclose(p.grad, got[n], atol=1e-6) for n, p in model.named_parameters() if n in got)

@@ -40,6 +40,11 @@ class MixEncoderConfig:
             what configs saved before this field existed mean): at ``alpha = beta = 0`` the
             interaction layers get exactly zero gradient, and on Ubuntu-IRC the two scalars
             stayed near zero through training, so the interaction never trained.
+        interaction_trains_backbone: whether training gradients flow from the interaction
+            layers back into the backbone (through the query's keys/values and the candidates'
+            E0). ``False`` detaches them: the backbone is then trained by the pooled vectors
+            alone, as a dual encoder's would be, and the interaction learns on top of it. No
+            effect on inference.
         num_labels: size of the classifier head over ``[h; e; |h - e|]`` (3 for NLI, 0: none).
         query_max_length: query truncation, in tokens.
         candidate_max_length: candidate truncation, in tokens (the k special tokens included).
@@ -56,6 +61,7 @@ class MixEncoderConfig:
     learnable_scale: bool = False
     pooled_residual: bool = True
     mixing: Mixing = "linear"
+    interaction_trains_backbone: bool = True
     num_labels: int = 0
     query_max_length: int = 32
     candidate_max_length: int = 180

@@ -311,17 +311,22 @@ class MixEncoder(nn.Module):
         for j in self.layer_ids:
             x = out.hidden_states[j - 1]  # the input of layer j (1-based)
             attn = layers[j - 1].attention.self
-            keys.append(MF.split_heads(attn.key(x), self.num_heads))
-            values.append(MF.split_heads(attn.value(x), self.num_heads))
+            keys.append(self._interaction_input(MF.split_heads(attn.key(x), self.num_heads)))
+            values.append(self._interaction_input(MF.split_heads(attn.value(x), self.num_heads)))
         mask = attention_mask.bool()
         return QueryState(keys, values, mask, MF.mean_pool(out.last_hidden_state, mask))
+
+    def _interaction_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as the interaction layers read it: detached from the backbone's graph when
+        ``interaction_trains_backbone`` is off (then only the pooled vectors train the backbone)."""
+        return x if self.config.interaction_trains_backbone else x.detach()
 
     def interact(self, query: QueryState, e0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the interaction layers. ``e0`` is ``(B, C, k, d)``: candidate c of query b.
 
         Returns ``(h, e)``, both ``(B, C, d)``: the candidate-aware query state and mean(E).
         """
-        e = e0
+        e = self._interaction_input(e0)
         h = e0.new_zeros(e0.shape[:2] + e0.shape[-1:])  # H_0 = 0
         for layer, k_q, v_q in zip(self.interaction, query.keys, query.values):
             e, h = layer(e, h, k_q, v_q, query.mask)
