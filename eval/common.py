@@ -58,7 +58,7 @@ def parser(
                    "(default 1)")
     p.add_argument("--new-params-lr-scale", type=float, default=new_params_lr_scale,
                    help="lr multiplier for parameters with no pre-trained counterpart (gates, special "
-                   f"tokens, mixing weights, heads); default {new_params_lr_scale:g}")
+                   f"tokens, scalar mixing weights, heads); default {new_params_lr_scale:g}")
     p.add_argument("--out", type=Path, default=Path(out), help=f"output directory (default {out})")
     p.add_argument("--cache", type=Path, default=Path("work/cache"), help="cached stores/checkpoints")
     return p

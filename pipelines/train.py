@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
     parser.add_argument("--new-params-lr-scale", type=float, default=1.0,
                         help="lr multiplier for parameters with no pre-trained counterpart "
-                        "(gates, special tokens, mixing weights, heads); default 1")
+                        "(gates, special tokens, scalar mixing weights, heads); default 1")
     parser.add_argument("--hard-negatives", type=int, default=0, help="hard negatives per query")
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=42)
