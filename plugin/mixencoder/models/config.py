@@ -44,7 +44,8 @@ class MixEncoderConfig:
             layers back into the backbone (through the query's keys/values and the candidates'
             E0). ``False`` detaches them: the backbone is then trained by the pooled vectors
             alone, as a dual encoder's would be, and the interaction learns on top of it. No
-            effect on inference.
+            effect on inference. (Ubuntu-IRC, MixEncoder-b, 240 steps, two seeds: no
+            difference from ``True``: R@1 -0.0067 against a trained dual, ``True`` -0.0062.)
         num_labels: size of the classifier head over ``[h; e; |h - e|]`` (3 for NLI, 0: none).
         query_max_length: query truncation, in tokens.
         candidate_max_length: candidate truncation, in tokens (the k special tokens included).
