@@ -212,7 +212,8 @@ def fresh_model_config(args: argparse.Namespace, **extra: Any) -> dict[str, Any]
         "query_max_length": args.query_max_length,
         "candidate_max_length": args.candidate_max_length,
         "pooled_residual": True,
-        "interaction_trains_backbone": not args.detach_interaction,
+        # --detach-interaction belongs to the response-selection options; run_mnli lacks it.
+        "interaction_trains_backbone": not getattr(args, "detach_interaction", False),
         **extra,
     }
 
