@@ -178,3 +178,28 @@ def test_sampled_negatives_never_pick_the_example_itself():
     out = common.with_sampled_negatives(examples, seed=0)
     assert [e.positive for e in out] == [e.positive for e in examples]
     assert all(len(e.negatives) == 1 and e.negatives[0] != e.positive for e in out)
+
+
+def test_train_cache_key_follows_the_resolved_model_config(tmp_path, tiny_backbone_dir, monkeypatch):
+    # A model default that changes (here: mixing) must not reuse a model trained under the old
+    # one, even when the script passes the same overrides; identical inputs do reuse it.
+    from mixencoder.training.examples import MatchingExample
+
+    examples = [MatchingExample(f"query {i}", f"answer {i}") for i in range(8)]
+    kwargs = dict(
+        cache=tmp_path, name="t", budget=common.Budget(steps=1), seed=0, batch_size=4,
+        backbone=str(tiny_backbone_dir), system="mixencoder", model_config={"k": 1},
+    )
+    _, first = common.train_cached(examples, **kwargs)
+    _, again = common.train_cached(examples, **kwargs)
+    assert again["dir"] == first["dir"]
+    # The same overrides under code whose default mixing is "scalar" (the old default).
+    build = common.MixEncoder.from_pretrained
+    monkeypatch.setattr(
+        common.MixEncoder, "from_pretrained",
+        lambda name=None, **config: build(name, **config) if name != str(tiny_backbone_dir)
+        else build(name, **{"mixing": "scalar", **config}),  # fresh models only; saved ones load
+    )
+    old_default, info = common.train_cached(examples, **kwargs)
+    assert old_default.config.mixing == "scalar"
+    assert info["dir"] != first["dir"]
