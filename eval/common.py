@@ -29,7 +29,8 @@ from mixencoder import CandidateStore, MixEncoder, Reranker
 from mixencoder.data import write_run
 from mixencoder.evaluation import evaluate_per_query, paired_difference
 from mixencoder.models.registry import SYSTEMS as MODEL_SYSTEMS
-from mixencoder.models.registry import MODEL_TYPES, build_system, load_model
+from mixencoder.models.persistence import DEFAULT_BACKBONE_NAME
+from mixencoder.models.registry import MODEL_TYPES, build_system, load_model, system_fields
 from mixencoder.training import MatchingExample
 from mixencoder.training import TrainingConfig, train
 
@@ -207,13 +208,9 @@ def train_cached(
         new_parameters_lr_scale=new_parameters_lr_scale,
         distillation_weight=distillation_weight if teacher is not None else 0.0,
     )
-    if system == "mixencoder":
-        model = MixEncoder.from_pretrained(backbone, **model_config)
-    else:
-        model = build_system(system, backbone, **model_config)
     # The key holds the fresh model's whole resolved config, not just the overrides given
     # here: a changed default in the model code must not reuse a model trained under the old one.
-    resolved = {k: v for k, v in model.config.to_dict().items() if k != "backbone_config"}
+    resolved = fresh_config(system, backbone, model_config)
     teacher_key = [teacher[1]] if teacher is not None else []
     key = fingerprint(
         name, [repr(e) for e in examples], config.identity(), resolved, backbone, system, *teacher_key
@@ -223,7 +220,12 @@ def train_cached(
     info_path = out / "train_info.json"
     if done.is_file() and info_path.is_file():
         logger.info("reusing trained model %s", out / "final")
-        return load_model(out / "final"), {**json.loads(info_path.read_text()), "dir": str(out)}
+        model = load_model(out / "final")
+        return model, {**json.loads(info_path.read_text()), "dir": str(out), **_mixing_summary(model)}
+    if system == "mixencoder":
+        model = MixEncoder.from_pretrained(backbone, **model_config)
+    else:
+        model = build_system(system, backbone, **model_config)
     result = train(
         model, list(examples), config, output_dir=out, resume=True, teacher=None if teacher is None else teacher[0]
     )
@@ -239,8 +241,26 @@ def train_cached(
         info["teacher"] = teacher[1]
         info["distillation_weight"] = distillation_weight
     _write_json(info_path, info)
-    info["dir"] = str(out)
-    return load_model(result.final_dir), info
+    model = load_model(result.final_dir)
+    return model, {**info, "dir": str(out), **_mixing_summary(model)}
+
+
+def fresh_config(system: str, backbone: str | None, model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Every config field of the fresh model ``train_cached`` would build (its backbone's own
+    config aside), resolved without loading weights: what names the trained model in the cache."""
+    if system == "mixencoder":
+        model_type, fields = "mixencoder", dict(model_config)
+    else:
+        model_type, fields = system_fields(system, backbone, **model_config)
+    name = DEFAULT_BACKBONE_NAME if backbone is None else str(backbone)
+    config = MODEL_TYPES[model_type].CONFIG_CLASS(backbone=name, **fields).to_dict()
+    return {k: v for k, v in config.items() if k != "backbone_config"}
+
+
+def _mixing_summary(model: Any) -> dict[str, float]:
+    """A MixEncoder's learned mixing weights, rounded (how far it moved from the dual)."""
+    summary = model.mixing_summary() if hasattr(model, "mixing_summary") else {}
+    return {name: round(value, 5) for name, value in summary.items()}
 
 
 def train_system(

@@ -409,7 +409,7 @@ def evaluate(
                 distillation_weight=args.distillation_weight,
             )
             timings[f"train_{system}_s"] = time.perf_counter() - start
-            train_info["train-dir"] = _with_mixing(info, model)
+            train_info["train-dir"] = info
             _warn_if_capped(info, budget, f"the --train-dir {system}")
             rerank_with(model, qids, f"{task.name}-{system}-train-dir")
         elif args.folds >= 2:
@@ -430,7 +430,7 @@ def evaluate(
                     new_parameters_lr_scale=args.new_params_lr_scale, distillation_weight=args.distillation_weight,
                 )
                 timings[f"train_{system}_fold{i}_s"] = time.perf_counter() - start
-                train_info[f"fold{i}"] = {**counts, **_with_mixing(info, model)}
+                train_info[f"fold{i}"] = {**counts, **info}
                 _warn_if_capped(info, budget, f"{system} fold {i}")
                 logger.info("%s fold %d/%d trained: %s", system, i + 1, len(folds), train_info[f"fold{i}"])
                 start = time.perf_counter()
@@ -470,12 +470,6 @@ def _warn_if_capped(info: Mapping[str, Any], budget: Budget, what: str) -> None:
             "%s: the time cap stopped training at step %s of %s planned (a loaded machine?); this "
             "partly trained model is cached as final", what, info.get("steps"), budget.steps,
         )
-
-
-def _with_mixing(info: Mapping[str, Any], model: MixEncoder) -> dict[str, Any]:
-    """Training info plus the learned pooled-residual mixing weights (how far from the dual)."""
-    summary = model.mixing_summary() if hasattr(model, "mixing_summary") else {}
-    return {**info, **{name: round(value, 5) for name, value in summary.items()}}
 
 
 # ---------------------------------------------------------------------- MS MARCO data

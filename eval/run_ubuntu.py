@@ -476,7 +476,6 @@ def run_response_selection(
                     distillation_weight=args.distillation_weight,
                 )
                 timings[f"train_{system}_{fold.name}_s"] = time.perf_counter() - start
-                info.update(model.mixing_summary() if hasattr(model, "mixing_summary") else {})
                 train_info.setdefault(system, {})[fold.name] = info
                 logger.info("trained %s %s: %s", system, fold.name, info)
                 parts.append(neural_run(system, model, tokenizer_model, fold, f"{task}-{system}-{fold.name}"))

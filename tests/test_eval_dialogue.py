@@ -194,12 +194,15 @@ def test_train_cache_key_follows_the_resolved_model_config(tmp_path, tiny_backbo
     _, again = common.train_cached(examples, **kwargs)
     assert again["dir"] == first["dir"]
     # The same overrides under code whose default mixing is "scalar" (the old default).
-    build = common.MixEncoder.from_pretrained
-    monkeypatch.setattr(
-        common.MixEncoder, "from_pretrained",
-        lambda name=None, **config: build(name, **config) if name != str(tiny_backbone_dir)
-        else build(name, **{"mixing": "scalar", **config}),  # fresh models only; saved ones load
-    )
+    from dataclasses import dataclass
+
+    from mixencoder.models.config import MixEncoderConfig
+
+    @dataclass
+    class OldDefaults(MixEncoderConfig):
+        mixing: str = "scalar"
+
+    monkeypatch.setattr(common.MixEncoder, "CONFIG_CLASS", OldDefaults)
     old_default, info = common.train_cached(examples, **kwargs)
     assert old_default.config.mixing == "scalar"
     assert info["dir"] != first["dir"]

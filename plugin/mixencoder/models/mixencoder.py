@@ -145,6 +145,8 @@ class MixEncoder(nn.Module):
         >>> model.score_texts("what is a lobster roll", ["A lobster roll is a sandwich.", "Rain."])
     """
 
+    CONFIG_CLASS = MixEncoderConfig
+
     def __init__(self, config: MixEncoderConfig, backbone: nn.Module, tokenizer: Any):
         super().__init__()
         self.config = config
@@ -216,8 +218,8 @@ class MixEncoder(nn.Module):
                     f"{path} is a saved MixEncoder; its config cannot be overridden "
                     f"({sorted(config)}); build a fresh model from a backbone instead"
                 )
-            return load_saved(cls, MixEncoderConfig, Path(path), data)
-        return build_from_backbone(cls, MixEncoderConfig, name_or_dir, path, config)
+            return load_saved(cls, cls.CONFIG_CLASS, Path(path), data)
+        return build_from_backbone(cls, cls.CONFIG_CLASS, name_or_dir, path, config)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json``, ``model.safetensors`` and the tokenizer files (no pickles).

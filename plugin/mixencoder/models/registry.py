@@ -107,6 +107,13 @@ def build_system(name: str, backbone: str | os.PathLike | None = None, **overrid
         backbone: backbone name or directory; ``None`` for the bundled all-MiniLM-L6-v2.
         **overrides: config fields that replace the system's own.
     """
+    model_type, resolved = system_fields(name, backbone, **overrides)
+    return MODEL_TYPES[model_type].from_pretrained(backbone, **resolved)
+
+
+def system_fields(name: str, backbone: str | os.PathLike | None = None, **overrides: Any) -> tuple[str, dict[str, Any]]:
+    """``(model_type, config fields)`` that :func:`build_system` builds ``name`` with, without
+    loading any weights (only the backbone's depth, for systems that name "the last n layers")."""
     if name not in SYSTEMS:
         raise ValueError(f"unknown system {name!r}; known: {sorted(SYSTEMS)}")
     model_type, config = SYSTEMS[name]
@@ -114,4 +121,4 @@ def build_system(name: str, backbone: str | os.PathLike | None = None, **overrid
     for key, value in config.items():
         resolved[key] = value(_num_layers(backbone)) if callable(value) else value
     resolved.update(overrides)
-    return MODEL_TYPES[model_type].from_pretrained(backbone, **resolved)
+    return model_type, resolved
