@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, Protocol, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .fusion import DEFAULT_FUSION, FUSION_METHODS, Fusion
 from .models.base import CandidateReps, Scorer
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,11 @@ class Reranker:
             ``get(docid) -> str | None``, e.g. a dict or :class:`~mixencoder.first_stage.BM25Searcher`
             over an index built with stored raw documents).
         batch_size: batch size for on-the-fly candidate encoding.
+        fusion: how to combine the model's score with the first stage's
+            (:class:`~mixencoder.fusion.Fusion`). It applies wherever the first stage's scores
+            are known: :meth:`rerank` with ``first_stage_scores``, :meth:`rerank_run` and
+            :class:`~mixencoder.RerankingSearcher`. ``None``: :data:`~mixencoder.fusion.DEFAULT_FUSION`
+            there; ``Fusion("none")``: the model's score alone.
 
     Example:
         >>> reranker = Reranker(MixEncoder.from_pretrained(), CandidateStore.open("store"))
@@ -71,19 +77,24 @@ class Reranker:
         doc_source: DocSource | Mapping[str, str] | None = None,
         *,
         batch_size: int = 32,
+        fusion: Fusion | None = None,
     ):
         if store is not None:
             store.check_compatible(model)
+        if fusion is not None and not isinstance(fusion, Fusion):
+            raise TypeError(f"fusion must be a mixencoder.fusion.Fusion or None, got {type(fusion).__name__}")
         self.model = model
         self.store = store
         self.doc_source = doc_source
         self.batch_size = batch_size
+        self.fusion = fusion
 
     def rerank(
         self,
         query: str,
         docids: Sequence[str],
         texts: Mapping[str, str] | Sequence[str] | None = None,
+        first_stage_scores: Mapping[str, float] | Sequence[float] | None = None,
     ) -> list[RankedDoc]:
         """Score ``docids`` for ``query``; return them best first (ties by docid).
 
@@ -92,9 +103,15 @@ class Reranker:
             docids: candidate ids, without duplicates.
             texts: optional texts of the candidates, as ``{docid: text}`` or a list aligned
                 with ``docids``; used only for docids the store lacks.
+            first_stage_scores: the first stage's scores, as ``{docid: score}`` (a candidate
+                without one, e.g. found by a dense first stage only, takes that list's minimum
+                under interpolation and nothing under RRF) or a list aligned with ``docids``.
+                Given, the returned scores are fused (see ``fusion``); omitted, they are the
+                model's own.
 
         Raises:
-            ValueError: empty query, duplicate docids, or texts not aligned with docids.
+            ValueError: empty query, duplicate docids, texts or scores not aligned with docids,
+                a NaN or infinite score, or a ``fusion`` that needs first-stage scores and got none.
             KeyError: candidates that are neither in the store nor have a text, named.
         """
         if not isinstance(query, str) or not query.strip():
@@ -106,9 +123,35 @@ class Reranker:
             seen: set[str] = set()
             dups = sorted({d for d in docids if d in seen or seen.add(d)})
             raise ValueError(f"{len(dups)} duplicate docids among the candidates: {dups[:10]}")
+        first = self._first_stage(docids, first_stage_scores)
         reps = self.candidate_reps(docids, texts)
-        scores = self.model.score(self.model.encode_query(query), reps)
-        return rank_order(docids, scores.tolist())
+        scores = self.model.score(self.model.encode_query(query), reps).tolist()
+        if first is None:
+            return rank_order(docids, scores)
+        fused = self.fusion_in_use.fuse(dict(zip(docids, scores)), first)
+        return rank_order(docids, [fused[d] for d in docids])
+
+    @property
+    def fusion_in_use(self) -> Fusion:
+        """The fusion applied when the first stage's scores are known."""
+        return DEFAULT_FUSION if self.fusion is None else self.fusion
+
+    def _first_stage(
+        self, docids: list[str], scores: Mapping[str, float] | Sequence[float] | None
+    ) -> dict[str, float] | None:
+        if scores is None:
+            if self.fusion is not None and self.fusion.uses_first_stage:
+                raise ValueError(
+                    f"this Reranker fuses with the first stage ({self.fusion}) but rerank() got no "
+                    "first_stage_scores; pass them, or build the Reranker with fusion=Fusion('none')"
+                )
+            return None
+        if isinstance(scores, Mapping):
+            wanted = set(docids)
+            return {str(d): float(s) for d, s in scores.items() if str(d) in wanted}
+        if len(scores) != len(docids):
+            raise ValueError(f"first_stage_scores has {len(scores)} entries but there are {len(docids)} docids")
+        return {d: float(s) for d, s in zip(docids, scores)}
 
     def candidate_reps(
         self, docids: list[str], texts: Mapping[str, str] | Sequence[str] | None = None
@@ -171,7 +214,8 @@ class Reranker:
         show_progress_bar: bool | None = None,
     ) -> Run:
         """Rerank every query of a run (``{qid: {docid: score}}``), keeping its top ``depth``
-        first-stage candidates. A qid without a topic is a KeyError naming it."""
+        first-stage candidates, fused with the run's scores as ``fusion`` says. A qid without a
+        topic is a KeyError naming it."""
         lacking = [qid for qid in run if qid not in topics]
         if lacking:
             raise KeyError(f"{len(lacking)} run queries have no topic text: {lacking[:10]}")
@@ -179,7 +223,7 @@ class Reranker:
         out: Run = {}
         for qid in tqdm(run, desc="Reranking", disable=not show):
             first = sorted(run[qid].items(), key=lambda x: (-x[1], x[0]))[:depth]
-            ranked = self.rerank(topics[qid], [d for d, _ in first], texts)
+            ranked = self.rerank(topics[qid], [d for d, _ in first], texts, first_stage_scores=dict(first))
             out[qid] = {r.docid: r.score for r in ranked}
         return out
 
@@ -226,7 +270,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--hits", type=int, default=None, help="hits per query to write (default: all reranked)")
     p.add_argument("--tag", default="mixencoder", help="run tag (TREC format)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--fusion", choices=["default", *FUSION_METHODS], default="default",
+        help="combine the model's score with the run's: interpolate (per-query min-max, --alpha), rrf "
+        f"(--rrf-k), none; default: {DEFAULT_FUSION}",
+    )
+    p.add_argument("--alpha", type=float, default=None, help="the run's weight for --fusion interpolate, in [0, 1]")
+    p.add_argument("--rrf-k", type=float, default=60.0, help="rank offset for --fusion rrf (default 60)")
     return p
+
+
+def fusion_from_args(method: str, alpha: float | None, rrf_k: float) -> Fusion | None:
+    """The Fusion the CLI flags name (``None`` for ``default``); a clear SystemExit on bad flags."""
+    if method == "default":
+        if alpha is not None:
+            raise SystemExit("--alpha needs --fusion interpolate")
+        return None
+    if method == "interpolate" and alpha is None:
+        raise SystemExit("--fusion interpolate needs --alpha A (the run's weight, in [0, 1])")
+    try:
+        return Fusion(method, alpha=0.0 if alpha is None else alpha, rrf_k=rrf_k)
+    except ValueError as e:
+        raise SystemExit(f"--fusion {method}: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     from .store import CandidateStore
 
     args = _parser().parse_args(argv)
+    fusion = fusion_from_args(args.fusion, args.alpha, args.rrf_k)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     model = MixEncoder.from_pretrained(args.model)
     store = CandidateStore.open(args.store) if args.store else None
@@ -248,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         doc_source = BM25Searcher(args.index)
     elif args.collection is not None:
         doc_source = {d.docid: d.text for d in read_corpus(args.collection)}
-    reranker = Reranker(model, store, doc_source, batch_size=args.batch_size)
+    reranker = Reranker(model, store, doc_source, batch_size=args.batch_size, fusion=fusion)
     run = read_run(args.run)
     topics = read_topics(args.topics)
     start = time.perf_counter()
@@ -259,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     write_run(reranked, args.output, fmt=args.format, tag=args.tag)
     n = sum(len(h) for h in run.values())
     logger.info(
-        "reranked %d queries (%d candidates) in %.1f s: %.1f ms per query; wrote %s",
-        len(run), n, seconds, 1000 * seconds / max(len(run), 1), args.output,
+        "reranked %d queries (%d candidates, fusion %s) in %.1f s: %.1f ms per query; wrote %s",
+        len(run), n, reranker.fusion_in_use, seconds, 1000 * seconds / max(len(run), 1), args.output,
     )
     return 0
 

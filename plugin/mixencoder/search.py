@@ -18,7 +18,8 @@ from .rerank import Reranker
 
 @dataclass(frozen=True)
 class RerankedHit:
-    """A hit as Pyserini scripts read it (``.docid``, ``.score``), plus the first-stage score."""
+    """A hit as Pyserini scripts read it (``.docid``, ``.score``: the reranker's score, fused
+    with the first stage's as the Reranker's ``fusion`` says), plus the first-stage score."""
 
     docid: str
     score: float
@@ -67,7 +68,7 @@ class RerankingSearcher:
 
     def _rerank(self, q: str, hits: Sequence[Any]) -> list[RerankedHit]:
         first_stage = {h.docid: float(h.score) for h in hits[: self.depth]}
-        ranked = self.reranker.rerank(q, list(first_stage))
+        ranked = self.reranker.rerank(q, list(first_stage), first_stage_scores=first_stage)
         return [RerankedHit(r.docid, r.score, first_stage[r.docid]) for r in ranked]
 
     def __getattr__(self, name: str) -> Any:
