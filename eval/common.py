@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from mixencoder import CandidateStore, MixEncoder, Reranker
 from mixencoder.data import write_run
 from mixencoder.evaluation import evaluate_per_query, paired_difference
+from mixencoder.fusion import Fusion, cross_fit_fusion
 from mixencoder.models.registry import SYSTEMS as MODEL_SYSTEMS
 from mixencoder.models.persistence import DEFAULT_BACKBONE_NAME
 from mixencoder.models.registry import MODEL_TYPES, build_system, load_model, system_fields
@@ -349,6 +350,7 @@ class Results:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     per_query: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
+    runs: dict[str, Run] = field(default_factory=dict)
 
     def add(self, system: str, run: Run, **extra: float) -> dict[str, float]:
         per_query = evaluate_per_query(run, self.qrels, self.measures)
@@ -356,10 +358,53 @@ class Results:
         values.update({k: float(v) for k, v in extra.items()})
         self.metrics[system] = values
         self.per_query[system] = per_query
+        self.runs[system] = run
         (self.out / "runs").mkdir(parents=True, exist_ok=True)
         write_run(run, self.out / "runs" / f"{system}.trec", fmt="trec", tag=system)
         logger.info("%s: %s", system, {k: round(v, 4) for k, v in values.items()})
         return values
+
+    def add_fused(
+        self, first_stage: str, folds: Sequence[Sequence[str]], measure: str, *, rrf_k: float = 60.0
+    ) -> list[tuple[str, str, str]]:
+        """Each system fused with the ``first_stage`` system's run: ``S+bm25`` (per-query min-max
+        interpolation, alpha cross-fitted: each fold's queries get the alpha that maximises
+        ``measure`` on the other folds, so no query informs its own weight) and ``S+rrf``.
+
+        ``ms_per_query`` of a fused system is the system's plus the measured fusion time.
+        Returns the paired comparisons worth printing (each fused system against its unfused self
+        and against the first stage).
+        """
+        first = self.runs[first_stage]
+        comparisons: list[tuple[str, str, str]] = []
+        fusion_notes: dict[str, Any] = {}
+        for system in [s for s in list(self.runs) if s != first_stage and "+" not in s]:
+            run = self.runs[system]
+            start = time.perf_counter()
+            fused, alphas = cross_fit_fusion(run, first, self.qrels, folds, measure=measure)
+            fit_s = time.perf_counter() - start
+            start = time.perf_counter()
+            for fold_alpha, fold in zip(alphas, folds):  # time the fusion alone, as a user pays it
+                for q in fold:
+                    if q in run:
+                        Fusion("interpolate", alpha=fold_alpha).fuse(run[q], first.get(q, {}))
+            fuse_ms = 1000 * (time.perf_counter() - start) / max(len(run), 1)
+            rrf = Fusion("rrf", rrf_k=rrf_k)
+            start = time.perf_counter()
+            rrf_run = rrf.fuse_run(run, first)
+            rrf_ms = 1000 * (time.perf_counter() - start) / max(len(run), 1)
+            base_ms = self.metrics[system].get("ms_per_query")
+            extra = {} if base_ms is None else {"ms_per_query": base_ms + fuse_ms}
+            self.add(f"{system}+{first_stage}", fused, **extra)
+            self.add(f"{system}+rrf", rrf_run, **({} if base_ms is None else {"ms_per_query": base_ms + rrf_ms}))
+            fusion_notes[system] = {
+                "alpha_per_fold": alphas, "fit_measure": measure, "fit_seconds": round(fit_s, 2),
+                "fusion_ms_per_query": round(fuse_ms, 4), "rrf_ms_per_query": round(rrf_ms, 4), "rrf_k": rrf_k,
+            }
+            for m in (measure,):
+                comparisons += [(f"{system}+{first_stage}", system, m), (f"{system}+{first_stage}", first_stage, m)]
+        self.notes["fusion"] = {"first_stage": first_stage, "folds": [list(f) for f in folds], "systems": fusion_notes}
+        return comparisons
 
     def paired(self, a: str, b: str, measure: str) -> dict[str, float]:
         """Paired per-query difference a - b of ``measure``, with its standard error."""

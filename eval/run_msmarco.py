@@ -308,6 +308,11 @@ def add_ir_args(p: argparse.ArgumentParser, *, depth: int, negatives: str, lr: f
     p.add_argument("--est-step-seconds", type=float, default=est_step_seconds,
                    help="seconds per training step assumed to plan the schedule of a time budget "
                    f"(default {est_step_seconds:g}, measured on 2 CPU cores)")
+    p.add_argument("--fusion-measure", default="nDCG@10",
+                   help="measure the fused systems' alpha is fitted on, over the other folds' queries "
+                   "(default nDCG@10)")
+    p.add_argument("--no-fusion", action="store_true",
+                   help="leave out the SYSTEM+bm25 (interpolation) and SYSTEM+rrf rows")
     p.add_argument("--k1", type=float, default=None, help="BM25 k1 (when an index is built)")
     p.add_argument("--b", type=float, default=None, help="BM25 b (when an index is built)")
 
@@ -448,9 +453,16 @@ def evaluate(
         results.notes["training"] = next(iter(all_training.values())) if len(all_training) == 1 else all_training
 
     comparisons = []
+    if "bm25" in results.runs and not args.no_fusion:
+        # The CV folds when there are any (each fold's alpha from the other folds' held-out
+        # runs), else 5 folds over the evaluated queries: never a query's own judgments.
+        folds = results.notes.get("folds") or [t for _, t in kfold_split(qids, min(5, len(qids)), args.seed)]
+        comparisons += results.add_fused("bm25", folds, args.fusion_measure)
     for measure in comparisons_on:
         for a, b in (("mixencoder", "dual-zeroshot"), ("mixencoder", "bm25"), ("dual-zeroshot", "bm25"),
-                     ("mixencoder-zeroshot", "dual-zeroshot")):
+                     ("mixencoder-zeroshot", "dual-zeroshot"), ("mixencoder+bm25", "dual-zeroshot"),
+                     ("mixencoder+bm25", "dual-zeroshot+bm25"), ("mixencoder+bm25", "bm25"),
+                     ("dual-zeroshot+bm25", "dual-zeroshot")):
             comparisons.append((a, b, measure))
     timings["wall_s"] = time.perf_counter() - wall
     results.notes["timings"] = {k: round(v, 1) for k, v in timings.items()}
