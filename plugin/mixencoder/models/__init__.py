@@ -3,7 +3,7 @@ store, no search engine). ``load_model`` picks the class from a saved config's m
 
 from __future__ import annotations
 
-from .base import CandidateReps, Scorer
+from .base import CandidateReps, RankingMixin, Scorer
 from .biencoder import BiEncoder
 from .colbert import ColBERT
 from .config import MixEncoderConfig
@@ -27,6 +27,7 @@ __all__ = [
     "MixEncoderConfig",
     "PolyEncoder",
     "QueryState",
+    "RankingMixin",
     "Scorer",
     "VIRT",
     "load_model",

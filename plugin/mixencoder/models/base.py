@@ -9,6 +9,8 @@ they never special-case an architecture:
 
 A model whose candidate side cannot be precomputed (a cross-encoder) returns reps that carry the
 token ids instead; the protocol still holds.
+
+:class:`RankingMixin` adds sentence-transformers' ``rank``/``predict`` on top of the protocol.
 """
 
 from __future__ import annotations
@@ -112,3 +114,104 @@ class Scorer(Protocol):
     def encode_queries_pooled(self, queries: Sequence[str]) -> np.ndarray:
         """``(n, d_pooled)`` float32 query vectors matching ``CandidateReps.pooled``."""
         ...
+
+
+class RankingMixin:
+    """``rank`` and ``predict`` as sentence-transformers' ``CrossEncoder`` has them, written once
+    on top of the :class:`Scorer` methods (``encode_candidates``, ``encode_query``, ``score``),
+    so every model of the registry has them.
+
+    Example:
+        >>> model = load_model("work/ubuntu-model")  # any registered architecture
+        >>> model.rank("lobster roll", ["A sandwich.", "Rain."], top_k=1)
+        [{'corpus_id': 0, 'score': 13.2}]
+        >>> model.predict([("lobster roll", "A sandwich."), ("rain", "Water.")]).shape
+        (2,)
+    """
+
+    def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_k: int | None = None,
+        return_documents: bool = False,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+    ) -> list[dict[str, Any]]:
+        """Score ``documents`` for ``query`` and return them best first.
+
+        Args:
+            query: the query text (not empty).
+            documents: candidate texts (a list, not a single string).
+            top_k: keep only the best ``top_k`` (a positive int); ``None`` keeps all.
+            return_documents: add each document's ``"text"``.
+            batch_size: candidates encoded per batch.
+            show_progress_bar: tqdm bar while encoding; None shows it at INFO log level.
+
+        Returns:
+            ``[{"corpus_id": i, "score": float, "text"?: str}]`` sorted by decreasing score,
+            ties by ``corpus_id`` (the document's index in ``documents``).
+
+        Raises:
+            ValueError: empty query, empty document text, or a bad ``top_k``.
+            TypeError: ``documents`` is a string, or holds a non-string.
+        """
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, got {type(query).__name__}")
+        if not query.strip():
+            raise ValueError(f"empty query: {query!r}; rank needs query text")
+        if isinstance(documents, str):
+            raise TypeError("documents must be a list of texts, got a single string; wrap it in a list")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        documents = list(documents)
+        if not documents:
+            return []
+        reps = self.encode_candidates(documents, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        scores = self.score(self.encode_query(query), reps).tolist()
+        order = sorted(range(len(documents)), key=lambda i: (-scores[i], i))[:top_k]
+        results: list[dict[str, Any]] = []
+        for i in order:
+            hit: dict[str, Any] = {"corpus_id": i, "score": float(scores[i])}
+            if return_documents:
+                hit["text"] = documents[i]
+            results.append(hit)
+        return results
+
+    def predict(
+        self,
+        pairs: Sequence[tuple[str, str]] | tuple[str, str],
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+    ) -> np.ndarray | np.float32:
+        """Relevance scores of ``(query, document)`` pairs: ``(n,)`` float32, in input order.
+
+        Each distinct query is encoded once; all documents are encoded in batches of
+        ``batch_size``. A single pair (one tuple of two strings) returns one score.
+
+        Raises:
+            ValueError: a pair that is not two texts, or an empty text.
+        """
+        single = (
+            isinstance(pairs, (tuple, list)) and len(pairs) == 2 and all(isinstance(t, str) for t in pairs)
+        )
+        items = [tuple(pairs)] if single else list(pairs)
+        for i, pair in enumerate(items):
+            if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
+                raise ValueError(f"pair {i} is {pair!r}; predict takes (query, document) pairs")
+            if not all(isinstance(t, str) for t in pair):
+                raise TypeError(f"pair {i} holds {[type(t).__name__ for t in pair]}, not two str")
+        if not items:
+            return np.zeros(0, np.float32)
+        reps = self.encode_candidates(
+            [d for _, d in items], batch_size=batch_size, show_progress_bar=show_progress_bar
+        )
+        out = np.zeros(len(items), np.float32)
+        by_query: dict[str, list[int]] = {}
+        for i, (q, _) in enumerate(items):
+            by_query.setdefault(q, []).append(i)
+        for q, idx in by_query.items():
+            if not q.strip():
+                raise ValueError(f"pair {idx[0]} has an empty query")
+            out[idx] = self.score(self.encode_query(q), reps.select(idx)).detach().float().cpu().numpy()
+        return out[0] if single else out

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from . import functional as MF
 from .backbone import bert_layers, default_backbone_path
-from .base import CandidateReps
+from .base import CandidateReps, RankingMixin
 from .mixencoder import _check_texts, _show_progress, _tokenize_texts
 from .persistence import (  # noqa: F401  (FORMAT_VERSION: re-exported; it used to live here)
     FORMAT_VERSION,
@@ -86,7 +86,7 @@ class BaselineConfig:
 # ---------------------------------------------------------------------- shared base
 
 
-class PretrainedScorer(nn.Module):
+class PretrainedScorer(RankingMixin, nn.Module):
     """Base of the baselines: loading, saving, tokenisation, fingerprint, candidate batching.
 
     Class attributes a subclass sets:

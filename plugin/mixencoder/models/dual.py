@@ -13,11 +13,11 @@ import numpy as np
 import torch
 
 from . import functional as MF
-from .base import CandidateReps
+from .base import CandidateReps, RankingMixin
 from .mixencoder import MixEncoder
 
 
-class DualEncoder:
+class DualEncoder(RankingMixin):
     """Scores with the pooled vectors only (the ``Scorer`` protocol), e.g. ``dual-zeroshot``.
 
     Args:

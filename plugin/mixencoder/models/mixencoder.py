@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import functional as MF
 from .backbone import bert_layers, default_backbone_path
-from .base import CandidateReps
+from .base import CandidateReps, RankingMixin
 from .config import MixEncoderConfig
 from .persistence import (
     FORMAT_VERSION,  # noqa: F401  (re-exported; it used to live here)
@@ -136,7 +136,7 @@ class InteractionLayer(nn.Module):
         return e_new, h_new
 
 
-class MixEncoder(nn.Module):
+class MixEncoder(RankingMixin, nn.Module):
     """MixEncoder over any BERT-family encoder; implements the :class:`~mixencoder.models.Scorer`
     protocol (encode candidates offline, encode the query once, score).
 
@@ -467,8 +467,14 @@ class MixEncoder(nn.Module):
         return self.score(self.encode_query(query), reps).tolist()
 
     @torch.inference_mode()
-    def predict(self, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32) -> np.ndarray:
-        """Classifier probabilities ``(n, num_labels)`` for (premise, hypothesis) pairs."""
+    def predict(
+        self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, show_progress_bar: bool | None = None
+    ) -> np.ndarray:
+        """Classifier probabilities ``(n, num_labels)`` for (premise, hypothesis) pairs; for a
+        model without a classifier head (``num_labels=0``), relevance scores ``(n,)`` as
+        :meth:`RankingMixin.predict` gives them."""
+        if self.classifier is None:
+            return RankingMixin.predict(self, pairs, batch_size, show_progress_bar)
         self.eval()
         out = []
         for i in range(0, len(pairs), batch_size):
