@@ -174,6 +174,10 @@ def add_dialogue_args(
         help="train MixEncoders with interaction_trains_backbone=False (the backbone learns from "
         "the pooled vectors only; the interaction learns on top)",
     )
+    p.add_argument("--fusion-measure", default="RR",
+                   help="measure the fused systems' alpha is fitted on, over the other folds' examples (default RR)")
+    p.add_argument("--no-fusion", action="store_true",
+                   help="leave out the SYSTEM+bm25 (interpolation) and SYSTEM+rrf rows")
     p.add_argument(
         "--ablate-interaction", action="store_true",
         help="also evaluate each trained pooled-residual MixEncoder with its interaction switched "
@@ -495,6 +499,16 @@ def run_response_selection(
         # one system: {fold: info} as before; several: {system: {fold: info}}
         results.notes["training"] = train_info[trained[0]] if len(trained) == 1 else train_info
 
+    if "bm25" in results.runs and not args.no_fusion:
+        # alpha cross-fitted over 5 folds of the evaluated examples (the CV folds with --folds):
+        # each example's weight comes from the other folds' examples, never its own label.
+        fit_folds = [f.test_qids for f in folds] if len(folds) >= 2 else [
+            t for _, t in kfold_split(qids, min(5, len(qids)), args.seed)
+        ]
+        comparisons = [*comparisons, *results.add_fused("bm25", fit_folds, args.fusion_measure)]
+        for system in trained:
+            if system != "dual" and "dual" in args.systems:
+                comparisons = [*comparisons, *((f"{system}+bm25", "dual+bm25", m) for m in ("R@1", "RR"))]
     timings["wall_s"] = time.perf_counter() - wall
     results.notes["timings"] = {k: round(v, 1) for k, v in timings.items()}
     results.write(comparisons)
