@@ -267,11 +267,18 @@ def test_every_limit_is_a_413_naming_it(served):
         ("/v1/rerank", {"query": "a", "documents": [{"title": "b"}]}, 422, "Validation", "documents.0"),
         ("/store/rerank", {"query": "", "docids": ["1"]}, 422, "Validation", "query is empty"),
         ("/store/rerank", {"query": "a", "docids": [1]}, 422, "Validation", "docids.0: Input should be a valid string"),
-        ("/store/rerank", [1, 2], 422, "Validation", "Input should be a valid dictionary"),
+        ("/store/rerank", [1, 2], 422, "Validation", "the request body must be a JSON object with this endpoint's fields"),
+        ("/rerank", b"", 422, "Validation", "the request body is empty: send a JSON object"),
+        ("/rerank", '{"query": "\u00e9", "texts": ["b"]}'.encode("latin-1"), 400, "InvalidJSON",
+         "the request body is not valid JSON in UTF-8"),
+        ("/rerank", ("text/plain", b'{"query": "a", "texts": ["b"]}'), 415, "UnsupportedMediaType",
+         "the request body must be JSON sent with content-type: application/json (got 'text/plain')"),
     ],
 )
 def test_bad_requests_get_a_clear_json_error(served, path, body, status, error_type, message):
-    if isinstance(body, bytes):
+    if isinstance(body, tuple):
+        r = served["client"].post(path, content=body[1], headers={"content-type": body[0]})
+    elif isinstance(body, bytes):
         r = served["client"].post(path, content=body, headers={"content-type": "application/json"})
     else:
         r = served["client"].post(path, json=body)

@@ -490,11 +490,21 @@ class RerankService:
         }
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
+def _validation_message(exc: RequestValidationError, content_type: str) -> tuple[int, str, str]:
+    """``(status, error_type, message)`` of a request FastAPI could not parse into its model."""
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         detail = next(e for e in errors if e.get("type") == "json_invalid").get("ctx", {}).get("error", "")
         return 400, "InvalidJSON", f"the request body is not valid JSON{': ' + detail if detail else ''}"
+    whole_body = [e for e in errors if tuple(e.get("loc", ())) == ("body",)]
+    if whole_body:
+        if "json" not in content_type:
+            return 415, "UnsupportedMediaType", (
+                f"the request body must be JSON sent with content-type: application/json (got {content_type or 'none'!r})"
+            )
+        if whole_body[0].get("type") == "missing":
+            return 422, "Validation", "the request body is empty: send a JSON object"
+        return 422, "Validation", "the request body must be a JSON object with this endpoint's fields"
     parts = []
     for e in errors[:5]:
         loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
@@ -512,14 +522,17 @@ def create_app(service: RerankService) -> FastAPI:
         return JSONResponse({"error": exc.message, "error_type": exc.error_type, **exc.extra}, status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Any, exc: RequestValidationError) -> JSONResponse:
-        status, kind, message = _validation_message(exc)
+    async def _invalid(request: Any, exc: RequestValidationError) -> JSONResponse:
+        status, kind, message = _validation_message(exc, request.headers.get("content-type", ""))
         return JSONResponse({"error": message, "error_type": kind}, status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Any, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
-        return JSONResponse({"error": str(exc.detail), "error_type": kind}, status_code=exc.status_code)
+        kind = {400: "InvalidJSON", 404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+        message = str(exc.detail)
+        if exc.status_code == 400:  # FastAPI's own: a body that is not UTF-8 JSON
+            message = f"the request body is not valid JSON in UTF-8 ({message})"
+        return JSONResponse({"error": message, "error_type": kind}, status_code=exc.status_code)
 
     @app.exception_handler(Exception)
     async def _internal(_: Any, exc: Exception) -> JSONResponse:
