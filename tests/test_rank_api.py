@@ -121,3 +121,20 @@ def test_a_classifier_mixencoder_still_predicts_label_probabilities(tiny_backbon
 def test_bad_input_is_named(systems, call, error, message):
     with pytest.raises(error, match=re.escape(message)):
         call(systems["cross"])
+
+
+def test_the_rerankers_adapter_is_built_by_the_rerankers_factory(systems, tiny_backbone_dir, tmp_path):
+    pytest.importorskip("rerankers")
+    import mixencoder.rerankers  # noqa: F401  (registers MixEncoderRanker)
+    from rerankers import Reranker as RerankersFactory
+
+    model = systems["cross"]
+    model.save_pretrained(tmp_path / "cross")
+    ranker = RerankersFactory(str(tmp_path / "cross"), model_type="MixEncoderRanker", verbose=0)
+    results = ranker.rank(QUERY, DOCS, doc_ids=[f"d{i}" for i in range(len(DOCS))])
+    expected = model.rank(QUERY, DOCS)
+    assert [r.document.doc_id for r in results] == [f"d{h['corpus_id']}" for h in expected]
+    assert [r.rank for r in results] == list(range(1, len(DOCS) + 1))
+    np.testing.assert_allclose([r.score for r in results], [h["score"] for h in expected], atol=1e-5)
+    assert results.top_k(1)[0].text == DOCS[expected[0]["corpus_id"]]
+    assert ranker.score(QUERY, DOCS[0]) == pytest.approx(float(model.predict((QUERY, DOCS[0]))), abs=1e-5)
