@@ -48,14 +48,17 @@ def _empty(columns: list[str]) -> pd.DataFrame:
     return frame
 
 
+def _checked_query(qid: str, query: Any) -> str:
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError(f"qid {qid!r} has an empty query {query!r}")
+    return query
+
+
 def _query_text(qid: str, group: pd.DataFrame) -> str:
     texts = list(dict.fromkeys(group["query"]))
     if len(texts) != 1:
         raise ValueError(f"qid {qid!r} has {len(texts)} different query texts {texts[:3]}; one query per qid")
-    query = texts[0]
-    if not isinstance(query, str) or not query.strip():
-        raise ValueError(f"qid {qid!r} has an empty query {query!r}")
-    return query
+    return _checked_query(qid, texts[0])
 
 
 def _unique_qids(inp: pd.DataFrame) -> None:
@@ -213,7 +216,7 @@ class MixEncoderRetriever(pt.Transformer):
         pt.validate.query_frame(inp, extra_columns=["query"])
         if len(inp) == 0:
             return _empty(self.transform_outputs(list(inp.columns)))
-        queries = [_query_text(str(q), pd.DataFrame({"query": [t]})) for q, t in zip(inp["qid"], inp["query"])]
+        queries = [_checked_query(str(q), t) for q, t in zip(inp["qid"], inp["query"])]
         hits = self.store.search(self.model.encode_queries_pooled(queries), self.num_results, approximate=self.approximate)
         return _hits_frame(inp.reset_index(drop=True), hits)
 
@@ -277,7 +280,7 @@ class BM25Retriever(pt.Transformer):
         inp = inp.reset_index(drop=True)
         _unique_qids(inp)
         qids = inp["qid"].astype(str).tolist()
-        queries = [_query_text(q, pd.DataFrame({"query": [t]})) for q, t in zip(qids, inp["query"])]
+        queries = [_checked_query(q, t) for q, t in zip(qids, inp["query"])]
         results = self.searcher.batch_search(queries, qids, self.num_results, self.threads)
         hits = [[(h.docid, float(h.score)) for h in results.get(q, [])] for q in qids]
         extra = None
