@@ -246,6 +246,54 @@ def train_cached(
     return model, {**info, "dir": str(out), **_mixing_summary(model)}
 
 
+def train_on_store_cached(
+    model: MixEncoder,
+    store: CandidateStore,
+    examples: Sequence[MatchingExample],
+    *,
+    cache: Path,
+    name: str,
+    budget: Budget,
+    seed: int,
+    batch_size: int,
+    hard_negatives: int,
+    learning_rate: float,
+    new_parameters_lr_scale: float,
+    interaction: bool,
+    first_stage: Mapping[str, Mapping[str, float]] | None = None,
+) -> tuple[MixEncoder, dict[str, Any]]:
+    """:func:`mixencoder.training.train_on_store` of ``model``'s query side against ``store``
+    (or the finished run with the same inputs). ``model`` is a fresh MixEncoder; it is copied
+    with its own query encoder first, so it and the store stay untouched."""
+    from mixencoder.training.frozen_store import train_on_store
+
+    config = TrainingConfig(
+        batch_size=batch_size, hard_negatives_per_query=hard_negatives, learning_rate=learning_rate, seed=seed,
+        max_steps=budget.steps, max_seconds=budget.seconds, epochs=1000 if budget.steps is None else 1,
+        checkpoint_every=200, new_parameters_lr_scale=new_parameters_lr_scale,
+    )
+    resolved = {k: v for k, v in model.config.to_dict().items() if k != "backbone_config"}
+    key = fingerprint(name, [repr(e) for e in examples], config.identity(), resolved, interaction,
+                      sorted((q, sorted(s.items())) for q, s in (first_stage or {}).items()),
+                      model.candidate_fingerprint(), len(store))
+    out = cache / "train" / f"{name}-{key}"
+    info_path = out / "train_info.json"
+    if (out / "final" / "config.json").is_file() and info_path.is_file():
+        logger.info("reusing trained model %s", out / "final")
+        return load_model(out / "final"), {**json.loads(info_path.read_text()), "dir": str(out)}
+    trainee = model.with_separate_query_encoder()
+    result = train_on_store(trainee, store, list(examples), config, output_dir=out, interaction=interaction,
+                            first_stage=first_stage)
+    info = {
+        "steps": result.global_step, "seconds": round(result.seconds, 1), "stopped": result.stopped_reason,
+        "examples": len(examples), "s_per_step": round(result.seconds / max(result.global_step, 1), 4),
+        "first_loss": round(result.losses[0], 4) if result.losses else None,
+        "last_loss": round(sum(result.losses[-20:]) / max(len(result.losses[-20:]), 1), 4) if result.losses else None,
+    }
+    _write_json(info_path, info)
+    return load_model(result.final_dir), {**info, "dir": str(out), **_mixing_summary(trainee)}
+
+
 def fresh_config(system: str, backbone: str | None, model_config: Mapping[str, Any]) -> dict[str, Any]:
     """Every config field of the fresh model ``train_cached`` would build (its backbone's own
     config aside), resolved without loading weights: what names the trained model in the cache."""
@@ -255,6 +303,10 @@ def fresh_config(system: str, backbone: str | None, model_config: Mapping[str, A
         model_type, fields = system_fields(system, backbone, **model_config)
     name = DEFAULT_BACKBONE_NAME if backbone is None else str(backbone)
     config = MODEL_TYPES[model_type].CONFIG_CLASS(backbone=name, **fields).to_dict()
+    # A field added later and left at its default trains exactly what the models cached before
+    # it existed trained: it does not rename them.
+    if not config.get("separate_query_encoder", False):
+        config.pop("separate_query_encoder", None)
     return {k: v for k, v in config.items() if k != "backbone_config"}
 
 

@@ -95,7 +95,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import (  # noqa: E402
     BASELINE_SYSTEMS, Budget, Results, fingerprint, plan_budget, rerank_queries, setup_logging, store_cached,
-    system_config, train_system,
+    system_config, train_on_store_cached, train_system,
 )
 
 from mixencoder import CandidateReps, DualEncoder, MixEncoder  # noqa: E402
@@ -118,6 +118,9 @@ Run = dict[str, dict[str, float]]
 Qrels = dict[str, dict[str, int]]
 
 SYSTEMS = ("bm25", "dual-zeroshot", "mixencoder-zeroshot", "mixencoder")
+#: Trained on the zero-shot store, frozen: only the query side learns (``train_on_store``);
+#: ``-fusionloss`` adds the normalised BM25 score to the training scores with a learned weight.
+FROZEN_SYSTEMS = ("dual-frozen", "mixencoder-frozen", "mixencoder-frozen-fusionloss")
 NEGATIVE_KINDS = ("judged", "unjudged", "both", "none")
 MSMARCO_MEASURES = ["RR(rel=2)@10", "nDCG@10", "R(rel=2)@1", "R(rel=2)@1000"]
 #: The same for binary qrels (MS MARCO dev: every judgment is grade 1).
@@ -188,9 +191,11 @@ def fold_examples(
     *,
     negatives: str,
     max_negatives: int,
+    as_docids: bool = False,
 ) -> tuple[list[MatchingExample], dict[str, Any]]:
     """MatchingExamples of the training queries: judged positives with hard negatives.
 
+    ``as_docids``: positives and negatives as docids (for training on a frozen store), not texts.
     Returns the examples and counts for the notes.
     """
     pairs = qrels_training_pairs(task.qrels, task.queries, task.texts, task.min_grade, qids=train_qids)
@@ -216,11 +221,12 @@ def fold_examples(
     examples = []
     no_negative = 0
     for p in pairs:
-        negs = tuple(task.texts[d] for d in pool.get(p.qid, ()))
+        negs = tuple(d if as_docids else task.texts[d] for d in pool.get(p.qid, ()))
         if negatives != "none" and not negs:
             no_negative += 1
             continue
-        examples.append(MatchingExample(p.query, p.text, negs, query_id=p.qid, positive_id=p.docid))
+        positive = p.docid if as_docids else p.text
+        examples.append(MatchingExample(p.query, positive, negs, query_id=p.qid, positive_id=p.docid))
     counts = {
         "train_queries": len(set(train_qids)),
         "positive_pairs": len(pairs),
@@ -285,9 +291,11 @@ def add_ir_args(p: argparse.ArgumentParser, *, depth: int, negatives: str, lr: f
     p.add_argument("--depth", type=int, default=depth, help=f"candidates per query (default {depth})")
     p.add_argument("--limit-queries", type=int, default=None, help="evaluate only the first N queries")
     p.add_argument(
-        "--systems", nargs="+", choices=SYSTEMS + BASELINE_SYSTEMS, default=list(SYSTEMS), metavar="SYSTEM",
+        "--systems", nargs="+", choices=SYSTEMS + BASELINE_SYSTEMS + FROZEN_SYSTEMS, default=list(SYSTEMS),
+        metavar="SYSTEM",
         help=f"default: {' '.join(SYSTEMS)}; also trainable: {' '.join(BASELINE_SYSTEMS)} (the paper's "
-        "baselines and MixEncoder variants, trained exactly like mixencoder)",
+        "baselines and MixEncoder variants, trained exactly like mixencoder); with --folds, "
+        f"{' '.join(FROZEN_SYSTEMS)} (query side trained on the zero-shot store, which stays valid)",
     )
     p.add_argument("--negatives", choices=NEGATIVE_KINDS, default=negatives,
                    help=f"hard negatives for CV training (default {negatives})")
@@ -446,8 +454,13 @@ def evaluate(
             logger.warning("no --model, no --train-dir and --folds < 2: skipping the trained %s", system)
         if parts:
             run = {q: hits for part in parts for q, hits in part.items()}
-            results.add(system, run, ms_per_query=ms_weighted / max(len(run), 1), store_bytes=bytes_total)
+            steps = sum(i.get("steps") or 0 for i in train_info.values())
+            per_step = {"train_s_per_step": sum(i.get("seconds") or 0 for i in train_info.values()) / steps} if steps else {}
+            results.add(system, run, ms_per_query=ms_weighted / max(len(run), 1), store_bytes=bytes_total, **per_step)
             all_training[system] = train_info
+    frozen = [s for s in args.systems if s in FROZEN_SYSTEMS]
+    if frozen:
+        all_training.update(train_frozen_systems(args, task, frozen, model_config, results, timings))
     if all_training:
         # one system: {fold: info} as before; several: {system: {fold: info}}
         results.notes["training"] = next(iter(all_training.values())) if len(all_training) == 1 else all_training
@@ -469,6 +482,58 @@ def evaluate(
     results.write(comparisons)
     print(f"evaluation wall time {timings['wall_s'] / 60:.1f} min; outputs in {args.out}")
     return results.metrics
+
+
+def train_frozen_systems(
+    args: argparse.Namespace, task: IRTask, systems: Sequence[str], model_config: Mapping[str, Any],
+    results: Results, timings: dict[str, float],
+) -> dict[str, Any]:
+    """CV over ``task`` of the frozen-store systems: in each fold, the fresh model's query side
+    trains against the zero-shot store (built once over every candidate, as a user's existing
+    store would be) and reranks the held-out queries from that same store."""
+    if args.folds < 2:
+        logger.warning("%s need --folds >= 2: skipped", " ".join(systems))
+        return {}
+    fresh = MixEncoder.from_pretrained(args.backbone, **model_config)
+    docs = task.docs()
+    store = store_cached(MemoEncoder(fresh), docs, cache=args.cache, name=f"{task.name}-mixencoder-zeroshot")
+    dual_store = None
+    folds = kfold_split(list(task.queries), args.folds, args.seed)
+    budget = plan_budget(args.budget, args.est_step_seconds, len(folds))
+    info: dict[str, Any] = {}
+    h = args.hard_negatives if args.negatives != "none" else 0
+    for system in systems:
+        parts, ms_weighted, per_step = [], 0.0, []
+        for i, (train_qids, test_qids) in enumerate(folds):
+            examples, counts = fold_examples(
+                task, train_qids, negatives=args.negatives, max_negatives=args.max_negatives, as_docids=True
+            )
+            in_store = set(docs)
+            examples = [e for e in examples if e.positive in in_store and all(n in in_store for n in e.negatives)]
+            first = {q: task.run[q] for q in train_qids} if system.endswith("-fusionloss") else None
+            start = time.perf_counter()
+            model, fold_info = train_on_store_cached(
+                fresh, store, examples, cache=args.cache, name=f"{task.name}-{system}-fold{i}of{len(folds)}",
+                budget=budget, seed=args.seed, batch_size=args.batch_size, hard_negatives=h,
+                learning_rate=args.lr, new_parameters_lr_scale=args.new_params_lr_scale,
+                interaction=system != "dual-frozen", first_stage=first,
+            )
+            timings[f"train_{system}_fold{i}_s"] = time.perf_counter() - start
+            info.setdefault(system, {})[f"fold{i}"] = {**counts, **fold_info, "examples_in_store": len(examples)}
+            per_step.append(fold_info["s_per_step"])
+            queries = {q: task.queries[q] for q in test_qids}
+            if system == "dual-frozen":
+                if dual_store is None:
+                    dual_store = store_cached(DualEncoder(MemoEncoder(fresh)), docs, cache=args.cache,  # type: ignore[arg-type]
+                                              name=f"{task.name}-dual-zeroshot")
+                run, ms = rerank_queries(DualEncoder(model), dual_store, queries, task.candidates(test_qids))
+            else:
+                run, ms = rerank_queries(model, store, queries, task.candidates(test_qids))
+            parts.append(run)
+            ms_weighted += ms * len(test_qids)
+        run = {q: hits for part in parts for q, hits in part.items()}
+        results.add(system, run, ms_per_query=ms_weighted / len(run), train_s_per_step=sum(per_step) / len(per_step))
+    return info
 
 
 def _warn_if_capped(info: Mapping[str, Any], budget: Budget, what: str) -> None:

@@ -46,6 +46,11 @@ class MixEncoderConfig:
             alone, as a dual encoder's would be, and the interaction learns on top of it. No
             effect on inference. (Ubuntu-IRC, MixEncoder-b, 240 steps, two seeds: no
             difference from ``True``: R@1 -0.0067 against a trained dual, ``True`` -0.0062.)
+        separate_query_encoder: ``True``: queries go through their own copy of the backbone
+            (``query_backbone``), candidates through ``backbone``. Training then can change the
+            query side alone and leave the candidate fingerprint, and so every store built
+            with it, valid (:meth:`MixEncoder.with_separate_query_encoder`,
+            :func:`mixencoder.training.train_on_store`). ``False``: one shared backbone.
         num_labels: size of the classifier head over ``[h; e; |h - e|]`` (3 for NLI, 0: none).
         query_max_length: query truncation, in tokens.
         candidate_max_length: candidate truncation, in tokens (the k special tokens included).
@@ -63,6 +68,7 @@ class MixEncoderConfig:
     pooled_residual: bool = True
     mixing: Mixing = "linear"
     interaction_trains_backbone: bool = True
+    separate_query_encoder: bool = False
     num_labels: int = 0
     query_max_length: int = 32
     candidate_max_length: int = 180

@@ -10,6 +10,7 @@ The score compares H with mean(E).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -194,6 +195,26 @@ class MixEncoder(RankingMixin, nn.Module):
         else:
             self.register_buffer("log_scale", log_scale)
         self.classifier = nn.Linear(3 * d, config.num_labels) if config.num_labels else None
+        # The query side's own backbone (a copy; a saved model's weights overwrite it on load).
+        self.query_backbone = copy.deepcopy(backbone) if config.separate_query_encoder else None
+
+    def with_separate_query_encoder(self) -> MixEncoder:
+        """A copy of this model whose queries go through their own copy of the backbone.
+
+        It scores exactly as this model and has the same candidate fingerprint, so it serves
+        every store this model built; training its query side (``train_on_store``) keeps that.
+        """
+        if self.config.separate_query_encoder:
+            return copy.deepcopy(self)
+        clone = copy.deepcopy(self)
+        clone.config = dataclasses.replace(clone.config, separate_query_encoder=True)
+        clone.query_backbone = copy.deepcopy(clone.backbone)
+        return clone
+
+    @property
+    def query_side_backbone(self) -> nn.Module:
+        """The backbone that encodes queries (``query_backbone`` if separate, else ``backbone``)."""
+        return self.query_backbone if self.query_backbone is not None else self.backbone
 
     # ------------------------------------------------------------------ loading and saving
 
@@ -244,7 +265,7 @@ class MixEncoder(RankingMixin, nn.Module):
         already a few per cent of the pooled vector at the backbone's rate."""
         return [
             n for n, _ in self.named_parameters()
-            if not n.startswith(("backbone.", "mix_"))
+            if not n.startswith(("backbone.", "query_backbone.", "mix_"))
             and (not n.startswith("interaction.") or ".gate." in n)
         ]
 
@@ -307,8 +328,9 @@ class MixEncoder(RankingMixin, nn.Module):
 
     def encode_queries_torch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> QueryState:
         """Queries -> :class:`QueryState`, differentiable. One backbone pass per query batch."""
-        out = self._backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        layers = self.backbone.encoder.layer
+        encoder = self.query_side_backbone
+        out = encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        layers = encoder.encoder.layer
         keys, values = [], []
         for j in self.layer_ids:
             x = out.hidden_states[j - 1]  # the input of layer j (1-based)
