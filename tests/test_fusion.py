@@ -191,3 +191,12 @@ def test_cli_fusion_flags():
         fusion_from_args("interpolate", 2.0, 60)
     with pytest.raises(SystemExit, match="--alpha needs --fusion interpolate"):
         fusion_from_args("default", 0.3, 60)
+
+
+def test_a_run_whose_scores_are_all_equal_leaves_the_reranker_order(tiny_model_factory):
+    model = tiny_model_factory()
+    plain = Reranker(model, doc_source=DOCS).rerank("lobster roll", list(DOCS))
+    fused = Reranker(model, doc_source=DOCS, fusion=Fusion("interpolate", alpha=0.9)).rerank(
+        "lobster roll", list(DOCS), first_stage_scores={d: 3.0 for d in DOCS}
+    )
+    assert [r.docid for r in fused] == [r.docid for r in plain]
