@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from mixencoder import CandidateStore, MixEncoder, Reranker
 from mixencoder.data import write_run
 from mixencoder.evaluation import evaluate_per_query, paired_difference
-from mixencoder.fusion import Fusion, cross_fit_fusion
+from mixencoder.fusion import Fusion, cross_fit_fusion, fit_fusion
 from mixencoder.models.registry import SYSTEMS as MODEL_SYSTEMS
 from mixencoder.models.persistence import DEFAULT_BACKBONE_NAME
 from mixencoder.models.registry import MODEL_TYPES, build_system, load_model, system_fields
@@ -449,8 +449,12 @@ class Results:
             extra = {} if base_ms is None else {"ms_per_query": base_ms + fuse_ms}
             self.add(f"{system}+{first_stage}", fused, **extra)
             self.add(f"{system}+rrf", rrf_run, **({} if base_ms is None else {"ms_per_query": base_ms + rrf_ms}))
+            # The whole alpha curve over every evaluated query: not used for any row (that would
+            # fit on the evaluation queries), reported to choose a package default across tasks.
+            _, curve = fit_fusion(run, first, self.qrels, list(run), measure=measure)
             fusion_notes[system] = {
                 "alpha_per_fold": alphas, "fit_measure": measure, "fit_seconds": round(fit_s, 2),
+                "curve_all_queries": curve,
                 "fusion_ms_per_query": round(fuse_ms, 4), "rrf_ms_per_query": round(rrf_ms, 4), "rrf_k": rrf_k,
             }
             for m in (measure,):
