@@ -320,3 +320,15 @@ def test_registry_loads_by_model_type_and_builds_the_papers_systems(tiny_backbon
     assert {f"mixencoder-k{k}" for k in (1, 2, 3, 4, 10)} <= set(SYSTEMS)
     with pytest.raises(ValueError, match="unknown system"):
         build_system("mixencoder", tiny_backbone_dir)
+
+
+def test_bi_encoder_store_searches_as_it_scores(make, tmp_path):
+    model = make("dual")
+    assert model.config.similarity == "cosine" and model.search_metric == "cosine"
+    docs = [(f"d{i}", t) for i, t in enumerate(DOCS)]
+    store = CandidateStore.build(tmp_path / "s", model, docs, dtype="float32")
+    assert store.search_metric == "cosine"
+    hits = store.search(model.encode_queries_pooled([QUERIES[0]]), 4)[0]
+    scores = dict(zip([f"d{i}" for i in range(len(DOCS))], model.score_texts(QUERIES[0], DOCS)))
+    # cosine search ranks exactly as the model scores (an inner-product search need not)
+    assert [d for d, _ in hits] == sorted(scores, key=lambda d: -scores[d])

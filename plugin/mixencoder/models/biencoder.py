@@ -382,6 +382,12 @@ class BiEncoder(PretrainedScorer):
     MODEL_TYPE = "dual"
     CONFIG_CLASS = BiEncoderConfig
 
+    @property
+    def search_metric(self) -> str:
+        """The store's dense-search metric matching ``config.similarity``: a cosine model's
+        store must rank by cosine, as it scores (``"ip"`` for ``"dot"``)."""
+        return "cosine" if self.config.similarity == "cosine" else "ip"
+
     def encode_torch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Texts (tokenised) -> ``(N, d)`` pooled vectors, differentiable."""
         states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
