@@ -235,6 +235,8 @@ def test_empty_candidate_list_gives_empty_scores(tiny_model_factory):
     model = tiny_model_factory()
     reps = model.encode_candidates([])
     assert reps.vectors.shape == (0, 1, 32)
+    scores = model.score(model.encode_query("rain"), reps)
+    assert scores.shape == (0,)
 
 
 def test_bundled_minilm_reproduces_the_sentence_transformers_embedding(minilm):

@@ -44,12 +44,15 @@ def test_table_rows_and_paired_differences(tmp_path):
 
 
 def test_unknown_system_is_rejected():
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exc:
         table2.parse_args(["--task", "ubuntu", "--systems", "dual", "nonsense"])
+    assert exc.value.code == 2  # argparse's usage error, not a clean exit
 
 
 def test_extra_flags_after_double_dash_go_to_the_task_script():
     args, extra = table2.parse_args(["--task", "dl20", "--", "--lr", "3e-5"])
     assert extra == ["--lr", "3e-5"] and args.out == Path("runs/table2-dl20")
     assert args.speed_json == Path("runs/table2-dl20/speed.json")
-    assert json.dumps(table2.TASKS["dl20"]["cpu"])  # the defaults are plain argv strings
+    cpu = table2.TASKS["dl20"]["cpu"]  # the defaults are plain argv strings
+    assert cpu and all(isinstance(a, str) for a in cpu), cpu
+    assert json.loads(json.dumps(cpu)) == cpu
