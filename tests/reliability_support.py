@@ -1,0 +1,64 @@
+"""Helpers shared by the tests/test_reliability_*.py files (not a test module itself)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mixencoder.models.base import CandidateReps
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class HashScorer:
+    """A deterministic Scorer whose reps are a pure function of the text (no torch model).
+
+    Enough for store mechanics; the tests that need real encodings use the tiny MixEncoder.
+    """
+
+    def __init__(self, dim: int = 8, pooled_dim: int = 6, max_vectors: int = 4, seed: int = 0):
+        self.dim, self.pooled_dim, self.max_vectors, self.seed = dim, pooled_dim, max_vectors, seed
+
+    def candidate_fingerprint(self) -> dict[str, Any]:
+        return {"sha256": hashlib.sha256(f"hash-{self.seed}".encode()).hexdigest(), "dim": self.dim}
+
+    def expected(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        digest = hashlib.sha256(f"{self.seed}:{text}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        m = int(rng.integers(1, self.max_vectors + 1))
+        return (
+            rng.standard_normal((m, self.dim)).astype(np.float32),
+            rng.standard_normal(self.pooled_dim).astype(np.float32),
+        )
+
+    def encode_candidates(
+        self, texts: Sequence[str], *, batch_size: int = 32, show_progress_bar: bool | None = None
+    ) -> CandidateReps:
+        outs = [self.expected(t) for t in texts]
+        return CandidateReps.from_list([v for v, _ in outs], np.stack([p for _, p in outs]))
+
+
+def make_docs(n: int, prefix: str = "d", start: int = 0) -> list[tuple[str, str]]:
+    return [(f"{prefix}{i}", f"text of passage {prefix}{i}") for i in range(start, start + n)]
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for child Pythons: offline, the package importable, one thread each."""
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=os.pathsep.join([str(REPO / "plugin"), str(REPO / "tests")]),
+    )
+    return env
+
+
+PYTHON = sys.executable
