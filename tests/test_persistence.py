@@ -109,3 +109,17 @@ def test_model_fingerprints_use_the_reference_digest(tiny_model_factory, tiny_ba
         "model_type": "dual", "candidate_max_length": 180, "dim": dual.hidden_size,
         "pooling": "mean", "layout": "one pooled vector", "sha256": fp["sha256"],
     }
+
+
+def test_loading_the_bundled_backbone_reports_nothing():
+    # transformers' LOAD REPORT about the bundled MiniLM's unused pooler weights reads as an
+    # error to a user; loading must not print it (real warnings still go through).
+    import os
+    import subprocess
+    import sys
+
+    code = "from mixencoder import MixEncoder; m = MixEncoder.from_pretrained(); assert m.backbone.pooler is None"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "LOAD REPORT" not in out.stderr + out.stdout and "UNEXPECTED" not in out.stderr + out.stdout

@@ -111,10 +111,28 @@ def build_from_backbone(
     top of the backbone at ``path`` (hub name or directory), in eval mode."""
     from transformers import AutoModel, AutoTokenizer
 
-    backbone = AutoModel.from_pretrained(str(path), add_pooling_layer=False)
+    # A checkpoint that has pooler weights (the bundled MiniLM has) loads them, so that
+    # transformers reports nothing for it, and then drops the pooler: no model here uses it,
+    # and its absence keeps the backbone's state dict (and every candidate fingerprint) as before.
+    with_pooler = _has_pooler_weights(path)
+    backbone = AutoModel.from_pretrained(str(path), add_pooling_layer=with_pooler)
+    if with_pooler and getattr(backbone, "pooler", None) is not None:
+        backbone.pooler = None
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     name = DEFAULT_BACKBONE_NAME if name_or_dir is None else str(name_or_dir)
     return factory(config_class(backbone=name, **config), backbone, tokenizer).eval()
+
+
+def _has_pooler_weights(path: str | os.PathLike) -> bool:
+    """Whether a local checkpoint's ``model.safetensors`` holds pooler weights (False for hub
+    names and other formats: they load without a pooler, as before)."""
+    weights = Path(path) / "model.safetensors"
+    if not weights.is_file():
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        return any(key.startswith("pooler.") or ".pooler." in key for key in f.keys())
 
 
 def load_saved(
