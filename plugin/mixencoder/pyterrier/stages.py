@@ -97,7 +97,8 @@ class MixEncoderReranker(pt.Transformer):
         store: a :class:`~mixencoder.CandidateStore` built by ``model``; ``None``: every
             candidate is encoded from the frame's ``text`` column.
         fusion: combine the model's score with the incoming ``score`` column (the first
-            stage's), e.g. ``Fusion("interpolate", alpha=0.3)``; ``None``: the model's score.
+            stage's), e.g. ``Fusion("interpolate", alpha=0.3)``; ``None``: the package default
+            (:data:`mixencoder.fusion.DEFAULT_FUSION`) where the frame has a ``score`` column.
         doc_source: texts of candidates neither in the store nor in the frame (``{docno: text}``
             or e.g. a :class:`~mixencoder.first_stage.BM25Searcher`).
         batch_size: candidates encoded per batch when the store lacks them.
@@ -150,12 +151,14 @@ class MixEncoderReranker(pt.Transformer):
         columns = _with_columns(list(inp.columns), ["score", "rank"])
         if len(inp) == 0:
             return _empty(columns)
-        fused = self.reranker.fusion_in_use.uses_first_stage
+        # The default fusion applies where the frame carries the first stage's scores; an
+        # explicit one must have them.
+        fused = self.reranker.fusion_in_use.uses_first_stage and ("score" in inp.columns or self.fusion is not None)
         if fused and "score" not in inp.columns:
             raise ValueError(
                 f"fusion {self.fusion} combines with the first stage's scores, but the input frame has "
                 f"no 'score' column (columns: {list(inp.columns)}); put a retriever before this "
-                "transformer or pass fusion=None"
+                "transformer or pass fusion=Fusion('none')"
             )
         has_text = self.text_field in inp.columns
         groups = inp.groupby("qid", sort=False)
