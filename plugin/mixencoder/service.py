@@ -55,7 +55,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     ) from e
 
 from .fusion import FUSION_METHODS, Fusion
-from .rerank import Reranker
+from .rerank import Reranker, fusion_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -596,8 +596,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-document-chars", type=int, default=d.max_document_chars, help="characters per text")
     p.add_argument("--max-query-chars", type=int, default=d.max_query_chars, help="characters per query")
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="bytes per request body")
-    p.add_argument("--fusion", choices=FUSION_METHODS, default="none", help="store endpoint's fusion with first_stage_scores")
-    p.add_argument("--alpha", type=float, default=0.0, help="first stage's weight for --fusion interpolate")
+    p.add_argument("--fusion", choices=["default", *FUSION_METHODS], default="default",
+                   help="store endpoint's fusion with first_stage_scores (default: mixencoder.fusion.DEFAULT_FUSION)")
+    p.add_argument("--alpha", type=float, default=None, help="first stage's weight for --fusion interpolate")
     p.add_argument("--rrf-k", type=float, default=60.0, help="rank offset for --fusion rrf")
     p.add_argument("--batch-size", type=int, default=32, help="candidates encoded per batch")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -630,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     limits = ServiceLimits(args.max_documents, args.max_document_chars, args.max_query_chars, args.max_body_bytes)
-    fusion = Fusion(args.fusion, alpha=args.alpha, rrf_k=args.rrf_k)
+    fusion = fusion_from_args(args.fusion, args.alpha, args.rrf_k)  # the run-file CLI's rules
     model = load_service_model(args.model)
     store = None
     if args.store is not None:
