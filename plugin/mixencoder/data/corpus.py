@@ -20,6 +20,7 @@ The module also hosts the small I/O helpers the other readers share (:func:`open
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import gzip
 import json
@@ -49,15 +50,110 @@ class Doc(NamedTuple):
 # Shared I/O helpers.
 
 
-def open_text(path: PathLike) -> IO[str]:
+def open_text(path: PathLike, *, newline: str | None = None) -> IO[str]:
     """Opens a UTF-8 text file for reading, transparently decompressing ``.gz``.
 
-    Universal-newline mode is kept, so CRLF files read like LF files.
+    Universal-newline mode is kept, so CRLF files read like LF files (``newline=""`` turns it
+    off, as the csv module needs). A UTF-8 byte-order mark at the start is dropped.
+
+    Encoding policy (every loader of :mod:`mixencoder.data` reads through this): input must be
+    UTF-8. Bytes that are not raise :class:`ValueError` naming the file, the line and the byte
+    offset of the first bad byte (``corpus.tsv:17: invalid UTF-8 ...``), never a bare
+    ``UnicodeDecodeError``: a replaced character would silently change a docid or a query.
+    Re-encode such a file first, e.g. ``iconv -f latin1 -t utf-8``.
     """
     path = Path(path)
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+        handle = gzip.open(path, "rt", encoding="utf-8", newline=newline)
+    else:
+        handle = open(path, encoding="utf-8", newline=newline)
+    return _Utf8Checked(handle, path)  # type: ignore[return-value]
+
+
+class _Utf8Checked:
+    """A text handle whose decoding errors name the file, line and byte offset."""
+
+    def __init__(self, handle: IO[str], path: Path) -> None:
+        self._handle = handle
+        self._path = path
+        # The BOM is dropped by hand: the "utf-8-sig" codec silently decodes a file holding
+        # only a truncated BOM (b"\xef") as empty, which would hide a damaged file.
+        self._at_start = True
+
+    def _strip_bom(self, text: str) -> str:
+        if self._at_start and text:
+            self._at_start = False
+            if text.startswith("\ufeff"):
+                return text[1:]
+        return text
+
+    def __enter__(self) -> _Utf8Checked:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()
+
+    def __iter__(self) -> _Utf8Checked:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return self._strip_bom(next(self._handle))
+        except UnicodeDecodeError as exc:
+            raise self._error(exc) from None
+
+    def read(self, size: int = -1) -> str:
+        try:
+            return self._strip_bom(self._handle.read(size))
+        except UnicodeDecodeError as exc:
+            raise self._error(exc) from None
+
+    def readline(self, size: int = -1) -> str:
+        try:
+            return self._strip_bom(self._handle.readline(size))
+        except UnicodeDecodeError as exc:
+            raise self._error(exc) from None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._handle, name)
+
+    def _error(self, exc: UnicodeDecodeError) -> ValueError:
+        line, offset, byte = locate_invalid_utf8(self._path)
+        if line is None:  # cannot happen for a file that failed to decode; keep the cause
+            return ValueError(f"{self._path}: invalid UTF-8 ({exc.reason})")
+        return ValueError(
+            f"{self._path}:{line}: invalid UTF-8 (byte 0x{byte:02x} at byte offset {offset}"
+            f"{' of the decompressed stream' if self._path.suffix == '.gz' else ''}); "
+            "mixencoder reads UTF-8 only: re-encode the file (e.g. iconv -f latin1 -t utf-8)"
+        )
+
+
+def locate_invalid_utf8(path: PathLike) -> tuple[int | None, int | None, int | None]:
+    """``(line, byte offset, byte)`` of the first byte of ``path`` that is not valid UTF-8.
+
+    Lines are counted by ``\n``, 1-based; ``(None, None, None)`` if the file is valid UTF-8.
+    Streams the file (decompressing ``.gz``), so memory stays bounded.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    offset = 0  # bytes of the stream before ``chunk``
+    newlines = 0
+    with opener(path, "rb") as handle:
+        while True:
+            chunk = handle.read(1 << 20)
+            pending = decoder.getstate()[0]  # an incomplete sequence carried over
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                data = pending + chunk
+                bad = exc.start
+                start = offset - len(pending)
+                return newlines + data[:bad].count(b"\n") + 1, start + bad, data[bad]
+            newlines += chunk.count(b"\n")
+            offset += len(chunk)
+            if not chunk:
+                return None, None, None
 
 
 @contextlib.contextmanager

@@ -30,13 +30,11 @@ nothing is silently dropped, since a dropped example changes every reported figu
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import json
 import logging
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
 from mixencoder.data.corpus import PathLike, check_id, open_text
@@ -224,11 +222,9 @@ def left_truncate_tokens(ids: list[int], max_len: int, keep_first: int = 0) -> l
 
 
 def _open_csv(path: PathLike) -> IO[str]:
-    # newline="" is what the csv module needs for quoted fields holding newlines.
-    path = Path(path)
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+    # newline="" is what the csv module needs for quoted fields holding newlines; open_text
+    # turns bytes that are not UTF-8 into an error naming the file, line and byte offset.
+    return open_text(path, newline="")
 
 
 def _csv_rows(
