@@ -219,6 +219,13 @@ class LuceneDocSource:
             path = Path(index_dir).expanduser()  # type: ignore[arg-type]
             if not path.is_dir():
                 raise FileNotFoundError(f"Lucene index not found: {path}")
+            if not any(p.name.startswith("segments_") for p in path.iterdir()):
+                # Checked here: Lucene's own IndexNotFoundException surfaces as a bare
+                # jnius.JavaException after the JVM has started.
+                raise FileNotFoundError(
+                    f"{path} is not a Lucene index (it has no segments_N file); build one with "
+                    "mixencoder.first_stage.build_bm25_index(corpus, index_dir)"
+                )
             from pyserini.search.lucene import LuceneSearcher
 
             searcher = LuceneSearcher(str(path))
