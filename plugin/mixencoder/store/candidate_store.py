@@ -29,8 +29,10 @@ finished shards and re-encodes only the rest. Only one process may write a store
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from itertools import islice
@@ -48,11 +50,11 @@ from ._io import (
     encode_docids,
     fsync_dir,
     fsync_file,
+    json_text,
     lookup_sorted,
     npy_entry,
     open_npy,
     read_json,
-    sha256_file,
 )
 from .errors import IncompleteStoreError, StoreCorruptError
 from .shard import (
@@ -69,6 +71,9 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+#: Key of manifest.json holding the sha256 of the rest of the manifest (see manifest_checksum).
+MANIFEST_CHECKSUM = "manifest_sha256"
+_OPEN_ATTEMPTS = 5  # open() re-reads a manifest that a concurrent add() replaced meanwhile
 BUILD_STATE = "build.json"  # the parameters of a build in progress; lets resume check them
 INDEX_PREFIX = "index-"
 _MODES = ("create", "overwrite", "resume")
@@ -205,12 +210,19 @@ class CandidateStore:
             raise ValueError(f"docs yielded no (docid, text) pairs; nothing to store at {path}")
         generation = 0 if old_manifest is None else old_manifest["index"]["generation"] + 1
         keys, rows = _keys_and_rows(path, entries, first_row=0)
-        index = _write_index(path, generation, keys, rows, np.zeros(0, np.int64), replace=False)
-        if stats["docs_per_s"] is None and old_manifest is not None:
-            # A resume that had nothing left to encode keeps the original build's throughput.
-            stats["docs_per_s"] = old_manifest.get("build_docs_per_s")
-        manifest = _make_manifest(params, entries, index, stats["docs_per_s"])
-        atomic_write_json(path / MANIFEST, manifest)  # the commit point of the build
+        try:
+            index = _write_index(
+                path, generation, keys, rows, np.zeros(0, np.int64), replace=False
+            )
+            if stats["docs_per_s"] is None and old_manifest is not None:
+                # A resume that had nothing left to encode keeps the original build's throughput.
+                stats["docs_per_s"] = old_manifest.get("build_docs_per_s")
+            manifest = _make_manifest(params, entries, index, stats["docs_per_s"])
+            _commit_manifest(path, manifest)  # the commit point of the build
+        except BaseException:
+            # E.g. a full disk: the finished shards stay for mode='resume', temp dirs go.
+            _remove_temp_dirs(path)
+            raise
         (path / BUILD_STATE).unlink(missing_ok=True)
         _remove_unreferenced(path, manifest)
         logger.info(
@@ -321,7 +333,7 @@ class CandidateStore:
             entries.append(entry)
             row += int(entry["count"])
 
-        old_manifest = read_json(path / MANIFEST) if (path / MANIFEST).is_file() else None
+        old_manifest = _read_manifest(path) if (path / MANIFEST).is_file() else None
         generation = 0 if old_manifest is None else old_manifest["index"]["generation"] + 1
         keys, rows = _keys_and_rows(path, entries, first_row=0)
         _check_unique_across_shards(path, keys, entries)
@@ -330,7 +342,7 @@ class CandidateStore:
         if docs_per_s is None and old_manifest is not None:
             docs_per_s = old_manifest.get("build_docs_per_s")
         manifest = _make_manifest(params, entries, index, docs_per_s)
-        atomic_write_json(path / MANIFEST, manifest)  # the commit point of the assembly
+        _commit_manifest(path, manifest)  # the commit point of the assembly
         (path / BUILD_STATE).unlink(missing_ok=True)
         _remove_unreferenced(path, manifest)
         logger.info(
@@ -372,9 +384,32 @@ class CandidateStore:
                     "mode='resume') with the same model and corpus to finish it."
                 )
             raise FileNotFoundError(f"{path} is not a candidate store: it has no {MANIFEST}")
-        manifest = read_json(path / MANIFEST)
-        _check_manifest(path, manifest)
-        store = cls(path, manifest)
+        for attempt in range(_OPEN_ATTEMPTS):
+            before = _manifest_identity(path)
+            try:
+                manifest = _read_manifest(path)
+            except FileNotFoundError:  # removed since the check above: build(mode='overwrite')
+                raise IncompleteStoreError(
+                    f"candidate store at {path} is being rebuilt or was removed while opening "
+                    f"it (its {MANIFEST} disappeared); open it again once the build finished"
+                ) from None
+            _check_manifest(path, manifest)
+            try:
+                try:
+                    store = cls(path, manifest)
+                except (KeyError, TypeError, IndexError, AttributeError) as e:
+                    raise StoreCorruptError(
+                        f"{path / MANIFEST} has unexpected content ({type(e).__name__}: {e}); "
+                        f"it is damaged. Run `mixencoder store verify {path}` and rebuild."
+                    ) from e
+                break
+            except StoreCorruptError:
+                # A writer may have committed a new manifest (and removed the files the old one
+                # listed) between our reading it and opening those files: read the new one.
+                # Only a manifest that stays put while its files are damaged is an error.
+                if attempt + 1 == _OPEN_ATTEMPTS or _manifest_identity(path) == before:
+                    raise
+                logger.debug("%s changed while opening it; re-reading the manifest", path)
         if model is not None:
             store.check_compatible(model)
         return store
@@ -504,29 +539,22 @@ class CandidateStore:
         )
 
     def verify(self) -> None:
-        """Full integrity check: re-hash every data file and compare with the manifest.
+        """Full integrity check (``mixencoder store verify``): read every file of the store.
 
-        Reads the whole store, so it takes as long as reading it from disk; :meth:`open` only
-        runs the cheap size and header checks.
+        Re-hashes every data file against the manifest and checks offsets, docid uniqueness,
+        the lookup index and the FAISS copies (see :func:`mixencoder.store.verify.verify_store`,
+        which returns the problems as a report instead of raising). Reads the whole store, so
+        it takes as long as reading it from disk; :meth:`open` only runs the cheap size and
+        header checks.
 
         Raises:
-            StoreCorruptError: listing every file that is missing or whose content changed.
+            StoreCorruptError: listing every problem, each with the file it concerns.
         """
-        problems = []
-        for rel, entry in self._data_files():
-            p = self.path / rel
-            if not p.is_file():
-                problems.append(f"{p} is missing")
-            elif p.stat().st_size != entry["bytes"]:
-                problems.append(f"{p} has {p.stat().st_size} bytes, expected {entry['bytes']}")
-            elif sha256_file(p) != entry["sha256"]:
-                problems.append(f"{p} has a different sha256 than recorded (content changed)")
-        if problems:
-            raise StoreCorruptError(
-                f"store at {self.path} failed verification: " + "; ".join(problems)
-                + ". Restore the files or rebuild the store with mode='overwrite'."
-            )
-        logger.info("verified %s: %d files OK", self.path, len(list(self._data_files())))
+        from .verify import verify_store
+
+        report = verify_store(self.path)
+        report.raise_if_bad()
+        logger.info("verified %s: %d files OK", self.path, report.files_checked)
 
     def _data_files(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """``(path relative to the store, manifest file entry)`` for every data file."""
@@ -844,7 +872,7 @@ class CandidateStore:
                 index,
                 self._manifest.get("build_docs_per_s"),
             )
-            atomic_write_json(self.path / MANIFEST, manifest)  # the commit point of the add
+            _commit_manifest(self.path, manifest)  # the commit point of the add
         except BaseException:
             _remove_unreferenced(self.path, self._manifest)
             raise
@@ -988,6 +1016,12 @@ def _split_pairs(chunk: list[Any], position: int) -> tuple[list[str], list[str]]
                 f"docs must yield (docid: str, text: str) pairs; item {position + j} is "
                 f"{type(item).__name__} {repr(item)[:80]}"
             )
+        if not item[1].strip():
+            # Named here: the model would only say "candidate text <i in batch> is empty".
+            raise ValueError(
+                f"docs item {position + j} (docid {item[0]!r}) has an empty or whitespace-only "
+                "text; a candidate needs text to encode. Drop it from docs or give it a text."
+            )
         docids.append(item[0])
         texts.append(item[1])
     return docids, texts
@@ -1015,9 +1049,13 @@ def _prepare_build_dir(path: Path, mode: str, params: dict[str, Any]) -> dict[st
         )
     if mode == "overwrite" and nonempty:
         logger.info("overwriting candidate store %s", path)
+        # Un-commit first: a reader opening the store during the deletion then sees an
+        # incomplete store (a clear error), never a manifest whose files are half deleted.
+        (path / MANIFEST).unlink(missing_ok=True)
+        fsync_dir(path)
         shutil.rmtree(path)
     if mode == "resume" and nonempty:
-        old_manifest = read_json(path / MANIFEST) if (path / MANIFEST).exists() else None
+        old_manifest = _read_manifest(path) if (path / MANIFEST).exists() else None
         if old_manifest is not None:
             _check_manifest(path, old_manifest)
             if any(s.get("origin") == "add" for s in old_manifest["shards"]):
@@ -1197,6 +1235,39 @@ def _write_index(
     tmp.rename(final)
     fsync_dir(root)
     return {"name": name, "generation": generation, "files": files}
+
+
+def manifest_checksum(manifest: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON text of ``manifest`` without its own checksum key.
+
+    Written into ``manifest.json`` under :data:`MANIFEST_CHECKSUM` at every commit, so that
+    :func:`mixencoder.store.verify.verify_store` can tell a changed manifest from a valid one
+    (the data files' sha256 live inside the manifest and cannot vouch for it).
+    """
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}
+    return hashlib.sha256(json_text(body).encode("utf-8")).hexdigest()
+
+
+def _commit_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Atomically replace ``manifest.json`` (with its checksum): a store's commit point."""
+    atomic_write_json(path / MANIFEST, {**manifest, MANIFEST_CHECKSUM: manifest_checksum(manifest)})
+
+
+def _read_manifest(path: Path) -> Any:
+    """Parse ``path/manifest.json``; the checksum key is dropped (only verify uses it)."""
+    manifest = read_json(path / MANIFEST)
+    if isinstance(manifest, dict):
+        manifest.pop(MANIFEST_CHECKSUM, None)
+    return manifest
+
+
+def _manifest_identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, mtime, size) of the manifest: a commit (os.replace) always changes the inode."""
+    try:
+        st = os.stat(path / MANIFEST)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _make_manifest(
