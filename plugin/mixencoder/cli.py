@@ -17,6 +17,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "rerank": ("mixencoder.rerank", "rerank a TREC or MS MARCO run file (python -m mixencoder.rerank)"),
     "serve": ("mixencoder.service", "HTTP rerank service (TEI, Cohere and Jina request shapes; store endpoint)"),
+    "store": ("mixencoder.store.cli", "candidate store tools: `store verify PATH` checks every file of a store"),
 }
 
 

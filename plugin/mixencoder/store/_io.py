@@ -10,6 +10,7 @@ import json
 import mmap
 import os
 import shutil
+import tokenize
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,13 +38,25 @@ def fsync_dir(path: Path) -> None:
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON so that readers see either the old file or the complete new one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic on POSIX and Windows
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json_text(obj))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX and Windows
+    except BaseException:
+        # A full disk (or a kill of the writer thread) must not leave a half-written temp file.
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
     fsync_dir(path.parent)
+
+
+def json_text(obj: Any) -> str:
+    """The canonical text of a store JSON file (what :func:`atomic_write_json` writes)."""
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
 
 def read_json(path: Path) -> Any:
@@ -51,7 +64,7 @@ def read_json(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # a flipped byte can be either
         raise StoreCorruptError(
             f"{path} is not valid JSON ({e}); the file is corrupt. Rebuild the store."
         ) from e
@@ -115,13 +128,7 @@ def open_npy(path: Path, entry: dict[str, Any]) -> np.ndarray:
     default read-around would pull in ~100x more (disk I/O on a cold store, RSS on a warm one).
     """
     check_size(path, entry)
-    try:
-        arr = np.load(path, mmap_mode="r")
-    except (ValueError, OSError) as e:
-        raise StoreCorruptError(
-            f"store file {path} is not a readable .npy array ({e}). Restore the file or "
-            "rebuild the store with mode='overwrite'."
-        ) from e
+    arr = load_npy_header_checked(path)
     if list(arr.shape) != list(entry["shape"]) or arr.dtype.str != entry["dtype"]:
         raise StoreCorruptError(
             f"store file {path} holds an array of shape {list(arr.shape)} and dtype "
@@ -130,6 +137,25 @@ def open_npy(path: Path, entry: dict[str, Any]) -> np.ndarray:
         )
     _advise_random(arr)
     return arr
+
+
+#: What numpy's ``.npy`` header parser raises on a damaged header: it evaluates the header as
+#: a Python literal, so a flipped byte can surface as a SyntaxError or a tokenizer error.
+NPY_HEADER_ERRORS = (
+    ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError, TypeError, KeyError,
+    IndexError, RecursionError,
+)
+
+
+def load_npy_header_checked(path: Path) -> np.ndarray:
+    """``np.load(path, mmap_mode="r")`` with any header damage as a StoreCorruptError."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except NPY_HEADER_ERRORS as e:
+        raise StoreCorruptError(
+            f"store file {path} is not a readable .npy array ({type(e).__name__}: {e}). "
+            "Restore the file or rebuild the store with mode='overwrite'."
+        ) from e
 
 
 def _advise_random(arr: np.ndarray) -> None:

@@ -21,6 +21,7 @@ the generation changes and approximate search refuses the stale index until it i
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -33,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 import faiss
 import numpy as np
 
-from ._io import atomic_write_json, fsync_dir, fsync_file, read_json
-from .shard import TMP_PREFIX, l2_normalise
+from ._io import atomic_write_json, fsync_dir, json_text, read_json, sha256_file
+from .shard import TMP_PREFIX, l2_normalise, write_faiss_index
 
 if TYPE_CHECKING:
     from .candidate_store import CandidateStore
@@ -164,27 +165,15 @@ def build_ann_index(
     tmp = store.path / f"{TMP_PREFIX}{ANN_PREFIX}{generation:05d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    faiss.write_index(index, str(tmp / "index.faiss"))
-    fsync_file(tmp / "index.faiss")
-    info = {
-        "format_version": ANN_FORMAT_VERSION,
-        "kind": name,
-        "nlist": nlist,
-        "nprobe": int(nprobe),
-        "train_size": int(len(sample)),
-        "seed": seed,
-        "search_metric": store.search_metric,
-        "count": int(index.ntotal),
-        "index_generation": generation,
-        "rows": int(store._num_rows),
-        "bytes": (tmp / "index.faiss").stat().st_size,
-        "build_s": time.perf_counter() - start,
-    }
-    atomic_write_json(tmp / "ann.json", info)
-    fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)  # the commit point: an ann-* directory is always complete
+    try:
+        info = _write_ann_dir(tmp, index, store, name, nlist, nprobe, len(sample), seed,
+                              generation, start)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)  # the commit point: an ann-* directory is always complete
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # e.g. a full disk: leave no temp dir behind
+        raise
     fsync_dir(store.path)
     for old in store.path.glob(f"{ANN_PREFIX}*"):  # indexes of earlier generations are stale
         if old != final and old.is_dir():
@@ -199,6 +188,51 @@ def build_ann_index(
     )
     del index
     return open_ann_index(store)
+
+
+def _write_ann_dir(
+    tmp: Path,
+    index: Any,
+    store: CandidateStore,
+    name: str,
+    nlist: int,
+    nprobe: int,
+    train_size: int,
+    seed: int,
+    generation: int,
+    start: float,
+) -> dict[str, Any]:
+    """Write ``index.faiss`` and ``ann.json`` into the temp directory ``tmp``; return the info."""
+    write_faiss_index(index, tmp / "index.faiss")
+    info = {
+        "format_version": ANN_FORMAT_VERSION,
+        "kind": name,
+        "nlist": nlist,
+        "nprobe": int(nprobe),
+        "train_size": int(train_size),
+        "seed": seed,
+        "search_metric": store.search_metric,
+        "count": int(index.ntotal),
+        "index_generation": generation,
+        "rows": int(store._num_rows),
+        "bytes": (tmp / "index.faiss").stat().st_size,
+        "sha256": sha256_file(tmp / "index.faiss"),  # checked by `mixencoder store verify`
+        "build_s": time.perf_counter() - start,
+    }
+    info[INFO_CHECKSUM] = info_checksum(info)
+    atomic_write_json(tmp / "ann.json", info)
+    fsync_dir(tmp)
+    return info
+
+
+#: Key of ann.json holding the sha256 of the rest of it (checked by ``mixencoder store verify``).
+INFO_CHECKSUM = "info_sha256"
+
+
+def info_checksum(info: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON text of ``info`` without its own checksum key."""
+    body = {k: v for k, v in info.items() if k != INFO_CHECKSUM}
+    return hashlib.sha256(json_text(body).encode("utf-8")).hexdigest()
 
 
 def open_ann_index(store: CandidateStore) -> AnnIndex:
@@ -234,7 +268,21 @@ def open_ann_index(store: CandidateStore) -> AnnIndex:
             f"{info.get('search_metric', 'ip')!r}, the store's is {store.search_metric!r}; "
             "rebuild it with store.build_ann_index()"
         )
-    index = faiss.read_index(str(path / "index.faiss"), faiss.IO_FLAG_MMAP)
+    index_path = path / "index.faiss"
+    if not index_path.is_file() or (
+        "bytes" in info and index_path.stat().st_size != info["bytes"]
+    ):
+        raise ValueError(
+            f"{index_path} is missing or does not have the {info.get('bytes')} bytes ann.json "
+            "recorded (truncated or modified); rebuild it with store.build_ann_index()"
+        )
+    try:
+        index = faiss.read_index(str(index_path), faiss.IO_FLAG_MMAP)
+    except RuntimeError as e:
+        raise ValueError(
+            f"{index_path} is not a readable FAISS index ({str(e).strip().splitlines()[-1]}); "
+            "rebuild it with store.build_ann_index()"
+        ) from e
     if index.ntotal != info["count"]:
         raise ValueError(
             f"{path / 'index.faiss'} holds {index.ntotal} vectors, ann.json says {info['count']};"

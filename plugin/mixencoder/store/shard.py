@@ -68,6 +68,21 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 TMP_PREFIX = ".tmp-"
 
 
+def write_faiss_index(index: Any, path: Path) -> None:
+    """``faiss.write_index`` + fsync, with a failed write (e.g. a full disk) as an OSError.
+
+    FAISS reports I/O errors as a C++ exception (a RuntimeError quoting its source line); the
+    caller's clean-up and the user both deal better with the OS error it stands for.
+    """
+    try:
+        faiss.write_index(index, str(path))
+    except RuntimeError as e:
+        raise OSError(
+            f"could not write the FAISS index {path} (is the disk full?): {str(e).strip()}"
+        ) from e
+    fsync_file(path)
+
+
 def shard_name(number: int) -> str:
     """``shard-00042``: zero-padded so directory listings sort in build order."""
     return f"{SHARD_PREFIX}{number:05d}"
@@ -241,8 +256,7 @@ class ShardWriter:
         if self._pooled is not None:
             assert self._index is not None
             self._pooled.finish(d / "pooled.npy")
-            faiss.write_index(self._index, str(d / "pooled.faiss"))
-            fsync_file(d / "pooled.faiss")
+            write_faiss_index(self._index, d / "pooled.faiss")
             files["pooled.npy"] = npy_entry(d / "pooled.npy")
             files["pooled.faiss"] = blob_entry(d / "pooled.faiss")
         entry = {
