@@ -273,7 +273,10 @@ def train_on_store_cached(
         checkpoint_every=200, new_parameters_lr_scale=new_parameters_lr_scale,
     )
     resolved = {k: v for k, v in model.config.to_dict().items() if k != "backbone_config"}
+    from mixencoder.training.frozen_store import FIRST_STAGE_WEIGHT
+
     key = fingerprint(name, [repr(e) for e in examples], config.identity(), resolved, interaction,
+                      FIRST_STAGE_WEIGHT if first_stage is not None else None,
                       sorted((q, sorted(s.items())) for q, s in (first_stage or {}).items()),
                       model.candidate_fingerprint(), len(store))
     out = cache / "train" / f"{name}-{key}"

@@ -95,6 +95,12 @@ def test_fusion_aware_training_learns_a_first_stage_weight(setup, tmp_path):
     result = train_on_store(model.with_separate_query_encoder(), store, EXAMPLES, _config(),
                             output_dir=tmp_path / "run", first_stage=first, show_progress_bar=False)
     assert result.global_step == 3
+    # the first-stage term changes what the model learns (same seed, same data, same steps)
+    plain = model.with_separate_query_encoder()
+    train_on_store(plain, store, EXAMPLES, _config(), output_dir=tmp_path / "plain", show_progress_bar=False)
+    fused = load_model(result.final_dir)
+    assert not torch.equal(plain.query_backbone.embeddings.word_embeddings.weight,
+                           fused.query_backbone.embeddings.word_embeddings.weight)
     with pytest.raises(ValueError, match="query_id"):
         train_on_store(model.with_separate_query_encoder(), store, [MatchingExample("x", "d1", ("d2",))], _config(),
                        output_dir=tmp_path / "bad", first_stage=first)
