@@ -171,7 +171,10 @@ def test_two_process_ddp_matches_single_process_and_resumes(
     moved = 0
     for name, value in expected.items():
         assert torch.equal(weights[0][name], weights[1][name]), f"ranks diverged on {name}"
-        torch.testing.assert_close(weights[0][name], value, rtol=1e-4, atol=1e-6, msg=name)
+        # atol 1e-5: DDP sums gradients in another order than one process; for an entry whose
+        # gradient is near zero Adam's g / sqrt(v) magnifies that fp32 rounding (seen on an
+        # AMX Xeon: one entry of 1,184 off by 2.6e-6 after 6 steps).
+        torch.testing.assert_close(weights[0][name], value, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
         assert torch.equal(final[name], weights[0][name]), name
         initial = MixEncoder.from_pretrained(no_dropout_model_dir).state_dict()[name]
         moved += int(not torch.equal(initial, value))
