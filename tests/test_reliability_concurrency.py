@@ -195,18 +195,20 @@ def _texts_after(rounds: int) -> dict[int, dict[str, str]]:
 
 
 def _reader_loop(path: Path, proc: subprocess.Popen, check) -> dict[str, int]:
-    seen = {"opened": 0, "refused": 0}
+    seen: dict = {"opened": 0, "refused": 0, "why": []}
     while proc.poll() is None:
         try:
             store = CandidateStore.open(path)
-        except (IncompleteStoreError, FileNotFoundError):
+        except (IncompleteStoreError, FileNotFoundError, StoreCorruptError) as e:
             seen["refused"] += 1
+            seen["why"].append(f"open: {e!r}")
             continue
         try:
             check(store)
-        except (StoreCorruptError, FileNotFoundError):
+        except (StoreCorruptError, FileNotFoundError) as e:
             # Only overwrite deletes files an opened store maps lazily; counted, never garbage.
             seen["refused"] += 1
+            seen["why"].append(f"read: {e!r}")
             continue
         seen["opened"] += 1
     return seen

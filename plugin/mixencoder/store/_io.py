@@ -10,6 +10,7 @@ import json
 import mmap
 import os
 import shutil
+import stat
 import tokenize
 from pathlib import Path
 from typing import Any, Sequence
@@ -106,12 +107,16 @@ def blob_entry(path: Path) -> dict[str, Any]:
 
 def check_size(path: Path, entry: dict[str, Any]) -> None:
     """Cheap check at open: the file exists and has the byte size the manifest recorded."""
-    if not path.is_file():
+    try:
+        st = path.stat()  # one stat: no window between "it exists" and "its size"
+    except FileNotFoundError:
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
         raise StoreCorruptError(
             f"store file {path} is missing (the manifest lists it). The store is damaged: "
             "restore the file or rebuild the store with mode='overwrite'."
         )
-    size = path.stat().st_size
+    size = st.st_size
     if size != entry["bytes"]:
         raise StoreCorruptError(
             f"store file {path} has {size} bytes but the manifest recorded {entry['bytes']}: "

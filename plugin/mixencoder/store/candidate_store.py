@@ -403,7 +403,7 @@ class CandidateStore:
                         f"it is damaged. Run `mixencoder store verify {path}` and rebuild."
                     ) from e
                 break
-            except StoreCorruptError:
+            except (StoreCorruptError, FileNotFoundError):
                 # A writer may have committed a new manifest (and removed the files the old one
                 # listed) between our reading it and opening those files: read the new one.
                 # Only a manifest that stays put while its files are damaged is an error.
