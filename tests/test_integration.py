@@ -11,6 +11,7 @@ import pytest
 from mixencoder import CandidateStore, MixEncoder, Reranker, RerankingSearcher
 from mixencoder.data import read_corpus, read_qrels, read_run, read_topics, write_run
 from mixencoder.evaluation import evaluate
+from mixencoder.fusion import DEFAULT_FUSION
 from mixencoder.first_stage import BM25Searcher, bm25_run, build_bm25_index
 from mixencoder.rerank import main as rerank_main
 
@@ -54,11 +55,16 @@ def test_searcher_and_run_file_cli_give_identical_runs(vaswani, minilm):
     assert cli == (vaswani["root"] / "searcher.trec").read_text()
     assert len(cli.splitlines()) == sum(len(h) for h in hits.values()) > N_QUERIES * 10
 
-    # The reranked run is a real ranking: it agrees with direct scoring of the texts.
+    # The reranked run is a real ranking: it is direct scoring of the texts, fused with BM25's
+    # scores by the default fusion.
     qid = qids[0]
-    top = hits[qid][:5]
-    direct = minilm.score_texts(vaswani["topics"][qid], [vaswani["docs"][h.docid] for h in top])
-    assert [round(h.score, 3) for h in top] == [round(s, 3) for s in direct]
+    candidates = hits[qid]
+    direct = minilm.score_texts(vaswani["topics"][qid], [vaswani["docs"][h.docid] for h in candidates])
+    expected = DEFAULT_FUSION.fuse(
+        {h.docid: s for h, s in zip(candidates, direct)}, {h.docid: h.first_stage_score for h in candidates}
+    )
+    assert DEFAULT_FUSION.uses_first_stage
+    assert [round(h.score, 3) for h in candidates[:10]] == [round(expected[h.docid], 3) for h in candidates[:10]]
 
 
 def test_missing_candidates_come_from_the_lucene_index(vaswani, minilm, tmp_path):

@@ -326,3 +326,16 @@ def test_detached_interaction_leaves_the_backbone_to_the_pooled_vectors(tiny_mod
     model.zero_grad()
     model(q, c).sum().backward()
     assert any(not torch.allclose(p.grad, got[n], atol=1e-6) for n, p in model.named_parameters() if n in got)
+
+
+def test_truncated_candidates_are_counted(tiny_model_factory, caplog):
+    import logging
+
+    model = tiny_model_factory(candidate_max_length=16)
+    with caplog.at_level(logging.INFO, logger="mixencoder.models.mixencoder"):
+        model.encode_candidates(["rain", " ".join(["bread"] * 40), "lobster " * 30], show_progress_bar=False)
+    assert "2 of 3 candidate texts are longer than 16 tokens and were truncated" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mixencoder.models.mixencoder"):
+        model.encode_candidates(["rain", "bread"], show_progress_bar=False)
+    assert "truncated" not in caplog.text

@@ -118,8 +118,10 @@ def test_reranked_frame_equals_the_reranker_and_cuts_off(vaswani, bm25, mix, min
     assert list(out.columns) == ["qid", "query", "docno", "score", "rank"]
     reranker = Reranker(minilm, vaswani["store"])
     for qid, group in out.groupby("qid", sort=False):
-        first = [h.docid for h in vaswani["searcher"].search(vaswani["topics"][qid], DEPTH)]
-        expected = reranker.rerank(vaswani["topics"][qid], first)
+        hits = vaswani["searcher"].search(vaswani["topics"][qid], DEPTH)
+        first = [h.docid for h in hits]
+        # the frame carries BM25's score column, so the default fusion applies, as in rerank()
+        expected = reranker.rerank(vaswani["topics"][qid], first, first_stage_scores={h.docid: h.score for h in hits})
         assert group["docno"].tolist() == [r.docid for r in expected]
         np.testing.assert_allclose(group["score"], [r.score for r in expected], rtol=0, atol=0)
         assert group["rank"].tolist() == list(range(len(group)))
@@ -138,7 +140,8 @@ def test_texts_from_the_frame_serve_candidates_the_store_lacks(vaswani, minilm):
     storeless = MixEncoderReranker(minilm).transform(frame)
     for qid, group in storeless.groupby("qid", sort=False):
         docids = frame.loc[frame["qid"] == qid, "docno"].tolist()
-        expected = Reranker(minilm).rerank(vaswani["topics"][qid], docids, vaswani["docs"])
+        scores = dict(zip(docids, frame.loc[frame["qid"] == qid, "score"]))
+        expected = Reranker(minilm).rerank(vaswani["topics"][qid], docids, vaswani["docs"], first_stage_scores=scores)
         assert group["docno"].tolist() == [r.docid for r in expected]
         np.testing.assert_allclose(group["score"], [r.score for r in expected], atol=1e-5)
     with pytest.raises(KeyError, match=re.escape("candidate(s) are not in a store (none given) and have no text")):

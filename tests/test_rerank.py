@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from mixencoder import Reranker, RerankingSearcher
+from mixencoder.fusion import Fusion
 from mixencoder.rerank import rank_order
 
 DOCS = {
@@ -67,8 +68,14 @@ def test_reranking_searcher_keeps_the_pyserini_interface(tiny_model_factory):
     hits = searcher.search("bake bread", k=2)
     assert len(hits) == 2 and all(h.docid in list(DOCS)[:3] for h in hits)
     assert hits[0].score >= hits[1].score
-    expected = Reranker(model, doc_source=DOCS).rerank("bake bread", list(DOCS)[:3])[:2]
+    # the searcher fuses with the first stage's scores (the default fusion), as rerank() does
+    # when given them
+    first_stage = {h.docid: h.score for h in first.search("bake bread", k=3)}
+    expected = Reranker(model, doc_source=DOCS).rerank("bake bread", list(DOCS)[:3], first_stage_scores=first_stage)[:2]
     assert [(h.docid, h.score) for h in hits] == [tuple(r) for r in expected]
+    unfused = RerankingSearcher(first, Reranker(model, doc_source=DOCS, fusion=Fusion("none")), depth=3)
+    plain = Reranker(model, doc_source=DOCS).rerank("bake bread", list(DOCS)[:3])[:2]
+    assert [(h.docid, h.score) for h in unfused.search("bake bread", k=2)] == [tuple(r) for r in plain]
     batch = searcher.batch_search(["bake bread", "rain"], ["q1", "q2"], k=2, threads=2)
     assert [(h.docid, h.score) for h in batch["q1"]] == [(h.docid, h.score) for h in hits]
     assert searcher.num_docs == 4  # other attributes pass through to the wrapped searcher

@@ -24,7 +24,7 @@ pytest.importorskip("uvicorn")
 
 from mixencoder import CandidateStore, MixEncoder, Reranker  # noqa: E402
 from mixencoder.data import read_corpus  # noqa: E402
-from mixencoder.fusion import Fusion  # noqa: E402
+from mixencoder.fusion import DEFAULT_FUSION, Fusion  # noqa: E402
 
 N_DOCS = 40
 LIMITS = {"max_documents": 25, "max_document_chars": 2000, "max_query_chars": 120, "max_body_bytes": 60_000}
@@ -176,7 +176,13 @@ def test_store_endpoint_equals_the_reranker_with_and_without_fusion(served):
     assert [r["docid"] for r in body["results"]] == [r.docid for r in expected]
     assert [r["score"] for r in body["results"]] == pytest.approx([r.score for r in expected], abs=1e-6)
     assert all(docids[r["index"]] == r["docid"] for r in body["results"])
-    assert body["fusion"] == "none"
+    assert body["fusion"] == "none"  # no first-stage scores: the model's own scores
+    with_scores = served["client"].post("/store/rerank", json={
+        "query": QUERY, "docids": docids, "first_stage_scores": [float(i) for i in range(len(docids))],
+    }).json()
+    default = reranker.rerank(QUERY, docids, first_stage_scores=[float(i) for i in range(len(docids))])
+    assert [r["docid"] for r in with_scores["results"]] == [r.docid for r in default]
+    assert with_scores["fusion"] == str(DEFAULT_FUSION)  # scores given: the default fusion
 
     top = served["client"].post("/store/rerank", json={"query": QUERY, "docids": docids, "top_n": 5}).json()
     assert top["results"] == body["results"][:5]

@@ -459,7 +459,9 @@ class RerankService:
             # Same model and store, another fusion: no need to re-check the store.
             reranker = copy.copy(self.store_reranker)
             reranker.fusion = fusion
-        if req.first_stage_scores is None and reranker.fusion_in_use.uses_first_stage:
+        # As Reranker.rerank: the default fusion applies when the request carries first-stage
+        # scores; an explicit one (server flag or request) needs them.
+        if req.first_stage_scores is None and reranker.fusion is not None and reranker.fusion.uses_first_stage:
             raise ServiceError(
                 422, "Validation",
                 f"fusion {reranker.fusion_in_use} combines the model's score with the first stage's, but the "

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from . import functional as MF
 from .backbone import bert_layers, default_backbone_path
 from .base import CandidateReps, RankingMixin
-from .mixencoder import _check_texts, _show_progress, _tokenize_texts
+from .mixencoder import TRUNCATED, _check_texts, _show_progress, _tokenize_texts, report_truncation
 from .persistence import (  # noqa: F401  (FORMAT_VERSION: re-exported; it used to live here)
     FORMAT_VERSION,
     build_from_backbone,
@@ -219,12 +219,14 @@ class PretrainedScorer(RankingMixin, nn.Module):
         order = np.argsort([-len(t) for t in texts], kind="stable")
         parts = []
         show = _show_progress(show_progress_bar)
+        truncated_before = TRUNCATED.count
         for start in tqdm(range(0, len(texts), batch_size), desc="Encoding candidates", disable=not show):
             idx = order[start : start + batch_size]
             vecs, lengths, pooled = self._encode_candidate_batch(
                 self.tokenize_candidates([texts[i] for i in idx])
             )
             parts.append((idx, vecs.float().cpu(), lengths.cpu(), None if pooled is None else pooled.float().cpu()))
+        report_truncation(truncated_before, len(texts), self.config.candidate_max_length)
         m = max(int(p[1].shape[1]) for p in parts)
         vectors = torch.zeros(len(texts), m, parts[0][1].shape[2])
         lengths = torch.zeros(len(texts), dtype=torch.int64)

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -439,11 +440,13 @@ class MixEncoder(RankingMixin, nn.Module):
         pooled = torch.empty(len(texts), d)
         order = np.argsort([-len(t) for t in texts], kind="stable")
         show = _show_progress(show_progress_bar)
+        truncated_before = TRUNCATED.count
         for start in tqdm(range(0, len(texts), batch_size), desc="Encoding candidates", disable=not show):
             idx = order[start : start + batch_size]
             e0, p = self.encode_candidates_torch(**self.tokenize_candidates([texts[i] for i in idx]))
             vectors[torch.from_numpy(idx)] = e0.float().cpu()
             pooled[torch.from_numpy(idx)] = p.float().cpu()
+        report_truncation(truncated_before, len(texts), self.config.candidate_max_length)
         return CandidateReps(vectors, torch.full((len(texts),), k, dtype=torch.int64), pooled)
 
     @torch.inference_mode()
@@ -528,7 +531,26 @@ def _show_progress(flag: bool | None) -> bool:
     return logger.getEffectiveLevel() <= logging.INFO if flag is None else flag
 
 
+class _TruncationCounter(threading.local):
+    """Texts cut at ``max_length`` by :func:`_tokenize_texts`, per thread (read by the encoders,
+    which report the count once per call)."""
+
+    count = 0
+
+
+TRUNCATED = _TruncationCounter()
+
+
 def _tokenize_texts(tokenizer: Any, texts: Sequence[str], max_length: int, device: torch.device) -> dict[str, torch.Tensor]:
     """Padded, truncated ``input_ids`` and ``attention_mask`` on ``device``."""
     enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    if enc.encodings:  # fast tokenizers say what they cut
+        TRUNCATED.count += sum(1 for e in enc.encodings if e.overflowing)
     return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
+
+
+def report_truncation(before: int, n: int, max_length: int) -> None:
+    """Log how many of the ``n`` candidate texts just encoded were cut at ``max_length`` tokens."""
+    cut = TRUNCATED.count - before
+    if cut:
+        logger.info("%d of %d candidate texts are longer than %d tokens and were truncated", cut, n, max_length)
