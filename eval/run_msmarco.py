@@ -43,6 +43,17 @@ Systems (``--systems``, default all):
   and ``collection.tsv`` from ``--train-dir`` or ``--data-dir``; the first ``--train-limit``
   triples, each negative a hard negative), evaluated on every query.
 
+* ``SYSTEM+bm25`` / ``SYSTEM+rrf`` beside every system when ``bm25`` runs (``--no-fusion``
+  leaves them out): the system's scores fused with the first stage's (:mod:`mixencoder.fusion`):
+  per-query min-max interpolation with alpha cross-fitted on ``--fusion-measure`` (default
+  nDCG@10) over the CV folds (each fold's queries get the alpha best on the other folds;
+  without CV, over 5 query folds), and RRF with k=60.
+* ``dual-frozen``, ``mixencoder-frozen``, ``mixencoder-frozen-fusionloss`` (on request, with
+  ``--folds``): the query side trained on the zero-shot store, which stays valid
+  (:func:`mixencoder.training.frozen_store.train_on_store`): a dual encoder's query side alone,
+  the MixEncoder's query side and interaction, and the latter with the normalised BM25 score
+  added to its training scores. ``train_s_per_step`` reports their step cost.
+
 CV training pairs: a positive is a passage judged grade >= 2 (``--min-grade``; 1 on binary
 qrels) whose text is in
 the collection (DL20: 613 pairs over 52 queries; 1,053 judged-relevant passages have no text

@@ -32,6 +32,11 @@ Systems (``--systems``, default all):
 * ``mixencoder``: the MixEncoder trained on ``train.csv`` (label-1 rows as (context, response)
   pairs with in-batch negatives; label-0 rows are dropped), or the ``--model`` given.
 
+* ``SYSTEM+bm25`` / ``SYSTEM+rrf`` beside every system when ``bm25`` runs (``--no-fusion``
+  leaves them out): fused with BM25's scores (:mod:`mixencoder.fusion`), interpolation alpha
+  cross-fitted on ``--fusion-measure`` (default RR) over 5 folds of the evaluated examples (the
+  CV folds with ``--folds``), and RRF with k=60.
+
 Dialogue contexts are joined oldest turn first and truncated from the **left** to
 ``query_max_length - 2`` tokens of the model's tokenizer (the latest turns decide the response;
 the tokenizer itself would cut the end). Candidates are cut by the tokenizer at
