@@ -64,3 +64,64 @@ def subprocess_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def store_from_reps(path: Path, model: Any, docids: Sequence[str], reps: CandidateReps, *,
+                    shard_size: int = 25_000, dtype: str = "float16"):
+    """A real store holding ``reps`` for ``docids``, written without encoding anything.
+
+    The rows go through the store's own writer (:class:`~mixencoder.store.shard.ShardWriter`,
+    then ``CandidateStore.from_shards``), stamped with ``model``'s candidate fingerprint, so a
+    ``Reranker(model, store)`` accepts it. For stores too large to encode in a fast test.
+    """
+    from mixencoder import CandidateStore
+    from mixencoder.store.shard import ShardWriter
+
+    path.mkdir(parents=True, exist_ok=True)
+    names = []
+    for number, start in enumerate(range(0, len(docids), shard_size)):
+        stop = min(start + shard_size, len(docids))
+        writer = ShardWriter(path, number, dtype=np.dtype(dtype), with_pooled=reps.pooled is not None,
+                             origin="build")
+        writer.add([d.encode("utf-8") for d in docids[start:stop]], reps.select(np.arange(start, stop)))
+        names.append(writer.finish()["name"])
+    return CandidateStore.from_shards(path, names, fingerprint=model.candidate_fingerprint(),
+                                      shard_size=shard_size, dtype=dtype,
+                                      with_pooled=reps.pooled is not None)
+
+
+def rss_bytes() -> int:
+    """This process's resident set size, from /proc/self/statm."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Samples RSS every ``interval`` seconds in a thread; ``extra`` = peak minus the start."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        self.interval, self.start, self.peak = interval, 0, 0
+
+    def __enter__(self) -> "PeakRSS":
+        import threading
+
+        self._stop = threading.Event()
+        self.start = self.peak = rss_bytes()
+
+        def sample() -> None:
+            while not self._stop.is_set():
+                self.peak = max(self.peak, rss_bytes())
+                self._stop.wait(self.interval)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+
+    @property
+    def extra(self) -> int:
+        return self.peak - self.start

@@ -10,15 +10,23 @@ Layout of ``<output_dir>/checkpoint-latest``::
 A checkpoint is written into a hidden temporary directory and then swapped in by renames, so a
 crash at any moment leaves either the previous checkpoint or the new one, never a half-written
 one; leftovers of a crash are removed by :func:`clean_stale`.
+
+A save that fails (a full disk, say) removes its temporary directory, leaves the previous
+checkpoint in place and raises an ``OSError`` with the write's errno, naming the checkpoint, the
+step and the previous checkpoint's state. safetensors and tokenizers report I/O errors as their own
+exception types (``SafetensorError``, a bare ``Exception`` carrying "os error 28"); those are
+re-raised as ``OSError`` too, so a caller can catch one type.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import random
+import re
 import shutil
 import uuid
 from dataclasses import asdict, dataclass
@@ -131,8 +139,12 @@ def save_checkpoint(
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    latest = checkpoint_dir(out)
     tmp = out / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+    except OSError as e:
+        raise _save_error(e, latest, state) from e
     try:
         model.save_pretrained(tmp / "model")
         opt_tensors, opt_scalars = _flatten_optimizer(optimizer, param_names)
@@ -156,17 +168,33 @@ def save_checkpoint(
             json.dump(data, f, indent=2, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    latest = checkpoint_dir(out)
+        translated = _save_error(e, latest, state)
+        if translated is None:
+            raise
+        raise translated from e
     # rename() cannot replace a non-empty directory, so swap via a backup; clean_stale()
     # recovers the backup if a crash lands between the two renames.
     backup = None
-    if latest.exists():
-        backup = out / f"{_OLD_PREFIX}{uuid.uuid4().hex[:8]}"
-        os.rename(latest, backup)
-    os.rename(tmp, latest)
+    try:
+        if latest.exists():
+            backup = out / f"{_OLD_PREFIX}{uuid.uuid4().hex[:8]}"
+            os.rename(latest, backup)
+        os.rename(tmp, latest)
+    except BaseException as e:
+        # A failed rename (ENOSPC on a full directory, say): put the previous checkpoint back
+        # and drop the new one, so nothing but the previous checkpoint is left.
+        if backup is not None and backup.exists() and not latest.exists():
+            try:
+                os.rename(backup, latest)
+            except OSError:  # left for clean_stale(), which moves the backup back
+                logger.warning("could not move %s back to %s", backup, latest)
+        shutil.rmtree(tmp, ignore_errors=True)
+        translated = _save_error(e, latest, state, backup)
+        if translated is None:
+            raise
+        raise translated from e
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
     logger.debug("Saved checkpoint at step %d to %s", state.global_step, latest)
@@ -238,6 +266,42 @@ def load_checkpoint(
 
 
 # ---------------------------------------------------------------------- helpers
+
+_OS_ERROR_CODE = re.compile(r"\(os error (\d+)\)")
+
+
+def _save_error(
+    e: BaseException, latest: Path, state: TrainerState, backup: Path | None = None
+) -> OSError | None:
+    """The ``OSError`` to raise for a failed save, or ``None`` if ``e`` is not an I/O error.
+
+    Keeps the errno (also of safetensors' and tokenizers' own error types, which carry it only
+    as "(os error N)" in their message) and says which checkpoint is left.
+    """
+    if isinstance(e, OSError):
+        code, detail = e.errno, e.strerror or str(e)
+        if e.filename is not None:
+            detail = f"{detail}: {e.filename}"
+    elif isinstance(e, Exception) and (m := _OS_ERROR_CODE.search(str(e))):
+        code, detail = int(m.group(1)), f"{type(e).__name__}: {e}"
+    else:
+        return None
+    if (latest / STATE_FILE).is_file():
+        left = f"{latest} still holds the previous checkpoint"
+        try:
+            left += f" (step {json.loads((latest / STATE_FILE).read_text())['global_step']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    elif backup is not None and backup.exists():
+        left = f"the previous checkpoint is at {backup}; the next train() moves it back"
+    else:
+        left = "no earlier checkpoint exists"
+    hint = " (the disk is full: free space, then resume)" if code == errno.ENOSPC else ""
+    message = (
+        f"could not save the training checkpoint of step {state.global_step} to {latest}: "
+        f"{detail}{hint}; {left}; nothing else was written"
+    )
+    return OSError(message) if code is None else OSError(code, message)
 
 
 def _check_same(what: str, saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
