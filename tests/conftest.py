@@ -62,3 +62,15 @@ def minilm():
     from mixencoder import MixEncoder
 
     return MixEncoder.from_pretrained()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (restored after): on a shared 2-core CPU, OpenMP spin-waits
+    made small batches ~30x slower. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -41,13 +41,7 @@ CONFIGS = {
 NAMES = list(CONFIGS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models: one thread avoids OpenMP spin-waits when the CPU is shared (restored after).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

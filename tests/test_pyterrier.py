@@ -39,15 +39,7 @@ DEPTH = 30
 MEASURES = ["nDCG@10", "RR@10"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # One torch thread: OpenMP spin-waits make small batches ~30x slower on a shared 2-core CPU.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

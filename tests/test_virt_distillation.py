@@ -25,13 +25,7 @@ SMALL = dict(query_max_length=16, candidate_max_length=24)
 LETTERS = "cdefghijklmnopqrstuvwxyz"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models: one thread avoids OpenMP spin-waits when the CPU is shared (restored after).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def matching_set(n: int = 8, negatives: int = 0) -> list[MatchingExample]:
