@@ -11,8 +11,8 @@
 * A real full disk: a tmpfs (mounted in a user namespace; skipped where that is not allowed) big
   enough for one checkpoint but not for the second one being written next to it.
 * ``-m slow``: every call of all three checkpoint saves (but the middle ``write()``s of a file),
-  and every call of the end-of-run ``final/`` model save, whose known gaps (it lives in
-  ``models/persistence.py``) are reported as an xfail.
+  and every call of the end-of-run ``final/`` model save (``models/persistence.py``): an
+  OSError each time, no temporary file left.
 """
 
 from __future__ import annotations
@@ -292,8 +292,8 @@ def test_enospc_during_training_checkpoint_saves(model_dir, straight, tmp_path, 
 def test_enospc_during_the_final_model_save(model_dir, straight, tmp_path) -> None:
     """The end of a run writes ``final/`` (``MixEncoder.save_pretrained``, outside the checkpoint
     code) after the last checkpoint: a failure there keeps that checkpoint, and rerunning
-    ``train`` resumes at the last step and writes ``final/`` again. Known gaps are reported as an
-    xfail until ``models/persistence.py`` handles them (see docs/reliability.md)."""
+    ``train`` resumes at the last step and writes ``final/`` again; every failure is an OSError
+    and leaves no temporary file (``models/persistence.save_model``)."""
     calls, base = straight["calls"], straight["out"]
     finals = [k for k, (_, path) in enumerate(calls, 1) if _phase(path, base) == "final"]
     gaps = []
@@ -318,8 +318,7 @@ def test_enospc_during_the_final_model_save(model_dir, straight, tmp_path) -> No
             gaps.append(f"{where}: {type(info.value).__name__}, not OSError")
         if hidden(out):
             gaps.append(f"{where}: left {hidden(out)} (also after the rerun)")
-    if gaps:
-        pytest.xfail("; ".join(gaps))
+    assert not gaps, "; ".join(gaps)
 
 
 def test_a_non_io_error_in_a_save_is_not_disguised(model_dir, tmp_path, monkeypatch) -> None:

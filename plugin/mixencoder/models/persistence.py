@@ -12,10 +12,12 @@ tokenizer), which keys candidate stores on disk. Changing what it hashes invalid
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -43,10 +45,31 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write ``path`` through a temporary file and a rename; a failed write leaves no temp file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_OS_ERROR_CODE = re.compile(r"\(os error (\d+)\)")
+
+
+def _as_os_error(e: BaseException, what: Path) -> BaseException:
+    """An I/O failure as an ``OSError`` naming ``what``: safetensors and tokenizers raise their
+    own types carrying only "(os error N)"; anything else is returned unchanged."""
+    if isinstance(e, OSError):
+        return e
+    m = _OS_ERROR_CODE.search(str(e)) if isinstance(e, Exception) else None
+    if m is None:
+        return e
+    code = int(m.group(1))
+    hint = " (the disk is full)" if code == errno.ENOSPC else ""
+    return OSError(code, f"could not save the model to {what}{hint}: {type(e).__name__}: {e}")
 
 
 def package_version() -> str:
@@ -85,16 +108,23 @@ def save_model(
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = out / f".{WEIGHTS_FILE}.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out / WEIGHTS_FILE)
-    tokenizer.save_pretrained(str(out))
     data = {
         "model_type": model_type,
         "format_version": FORMAT_VERSION,
         "mixencoder_version": package_version(),
         "config": config,
     }
-    write_json_atomic(out / CONFIG_FILE, data)
+    try:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, out / WEIGHTS_FILE)
+        tokenizer.save_pretrained(str(out))
+        write_json_atomic(out / CONFIG_FILE, data)
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        error = _as_os_error(e, out)
+        if error is e:
+            raise
+        raise error from e
 
 
 # ---------------------------------------------------------------------- loading
