@@ -6,6 +6,8 @@
    model (build throughput and bytes per candidate reported), every query reranked through
    ``RerankingSearcher`` and, from the same index's BM25 run, through the run-file CLI; the two
    runs must be identical. Per-query reranking time for ``--depth`` candidates is measured.
+   Both fuse the model's scores with BM25's by the package default
+   (:data:`mixencoder.fusion.DEFAULT_FUSION`, interpolation with alpha 0.2).
 2. MS MARCO DL20: its given BM25 top-100 run (made over the full collection) reranked by the CLI
    from a store of its passages.
 Both are evaluated with ir-measures against BM25. Index and stores are reused when present.
@@ -57,7 +59,8 @@ def vaswani(work: Path, model: MixEncoder, model_arg: str | None, depth: int) ->
         t0 = time.perf_counter()
         hits = searcher.search(query, k=depth)
         t1 = time.perf_counter()
-        ranked = reranker.rerank(query, [h.docid for h in hits])
+        # fused with the BM25 scores, as the searcher and the CLI do by default (DEFAULT_FUSION)
+        ranked = reranker.rerank(query, [h.docid for h in hits], first_stage_scores={h.docid: h.score for h in hits})
         t2 = time.perf_counter()
         first_ms.append(1000 * (t1 - t0))
         rerank_ms.append(1000 * (t2 - t1))
@@ -90,6 +93,7 @@ def vaswani(work: Path, model: MixEncoder, model_arg: str | None, depth: int) ->
                                 "p90": sorted(rerank_ms)[int(0.9 * len(rerank_ms))],
                                 "first_stage_median": statistics.median(first_ms)},
         "cli_run_identical_to_searcher_run": identical,
+        "fusion": str(reranker.fusion_in_use),
         "bm25": evaluate(bm25, qrels, measures),
         "mixencoder": evaluate(run, qrels, measures),
     }
