@@ -230,14 +230,7 @@ def train_cached(
     result = train(
         model, list(examples), config, output_dir=out, resume=True, teacher=None if teacher is None else teacher[0]
     )
-    info = {
-        "steps": result.global_step,
-        "seconds": round(result.seconds, 1),
-        "stopped": result.stopped_reason,
-        "examples": len(examples),
-        "first_loss": round(result.losses[0], 4) if result.losses else None,
-        "last_loss": round(sum(result.losses[-20:]) / max(len(result.losses[-20:]), 1), 4) if result.losses else None,
-    }
+    info = _train_info(result, len(examples))
     if teacher is not None:
         info["teacher"] = teacher[1]
         info["distillation_weight"] = distillation_weight
@@ -287,14 +280,22 @@ def train_on_store_cached(
     trainee = model.with_separate_query_encoder()
     result = train_on_store(trainee, store, list(examples), config, output_dir=out, interaction=interaction,
                             first_stage=first_stage)
-    info = {
-        "steps": result.global_step, "seconds": round(result.seconds, 1), "stopped": result.stopped_reason,
-        "examples": len(examples), "s_per_step": round(result.seconds / max(result.global_step, 1), 4),
-        "first_loss": round(result.losses[0], 4) if result.losses else None,
-        "last_loss": round(sum(result.losses[-20:]) / max(len(result.losses[-20:]), 1), 4) if result.losses else None,
-    }
+    info = {**_train_info(result, len(examples)), "s_per_step": round(result.seconds / max(result.global_step, 1), 4)}
     _write_json(info_path, info)
     return load_model(result.final_dir), {**info, "dir": str(out), **_mixing_summary(trainee)}
+
+
+def _train_info(result: Any, examples: int) -> dict[str, Any]:
+    """What a training run's ``train_info.json`` records."""
+    recent = result.losses[-20:]
+    return {
+        "steps": result.global_step,
+        "seconds": round(result.seconds, 1),
+        "stopped": result.stopped_reason,
+        "examples": examples,
+        "first_loss": round(result.losses[0], 4) if result.losses else None,
+        "last_loss": round(sum(recent) / len(recent), 4) if recent else None,
+    }
 
 
 def fresh_config(system: str, backbone: str | None, model_config: Mapping[str, Any]) -> dict[str, Any]:

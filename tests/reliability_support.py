@@ -125,3 +125,26 @@ class PeakRSS:
     @property
     def extra(self) -> int:
         return self.peak - self.start
+
+
+def wait_for_health(proc: Any, client: Any, log_path: Path, seconds: float = 120.0) -> None:
+    """Poll ``GET /health`` of a server process just started until it answers 200; fail the test
+    with the tail of its log if it exits or stays silent for ``seconds``."""
+    import time
+
+    import httpx
+    import pytest
+
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if client.get("/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the server did not answer /health in {seconds:g} s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)

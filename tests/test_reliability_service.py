@@ -27,6 +27,7 @@ pytest.importorskip("uvicorn")
 
 from mixencoder import CandidateStore, MixEncoder  # noqa: E402
 from mixencoder.data import read_corpus  # noqa: E402
+from reliability_support import wait_for_health  # noqa: E402
 
 N_DOCS = 20
 LIMITS = {"max_documents": 25, "max_document_chars": 2000, "max_query_chars": 120,
@@ -65,19 +66,7 @@ def server(shared_data, tiny_backbone_dir, tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited:\n{(root / 'server.log').read_text()[-3000:]}")
-        try:
-            if client.get("/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("server did not start")
-        time.sleep(0.2)
+    wait_for_health(proc, client, root / "server.log")
     info = dict(client=client, port=port, proc=proc, docids=[d.docid for d in docs],
                 texts=[d.text for d in docs], rss0=rss_mb(proc.pid), log=root / "server.log")
     yield info

@@ -25,6 +25,7 @@ pytest.importorskip("uvicorn")
 from mixencoder import CandidateStore, MixEncoder, Reranker  # noqa: E402
 from mixencoder.data import read_corpus  # noqa: E402
 from mixencoder.fusion import DEFAULT_FUSION, Fusion  # noqa: E402
+from reliability_support import wait_for_health  # noqa: E402
 
 N_DOCS = 40
 LIMITS = {"max_documents": 25, "max_document_chars": 2000, "max_query_chars": 120, "max_body_bytes": 60_000}
@@ -60,20 +61,7 @@ def served(shared_data, tiny_backbone_dir, tmp_path_factory):
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     client = httpx.Client(base_url=base, timeout=60)
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            log.close()
-            pytest.fail(f"the server exited with {proc.returncode}:\n{(root / 'server.log').read_text()[-3000:]}")
-        try:
-            if client.get("/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the server did not answer /health in 120 s:\n{(root / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.2)
+    wait_for_health(proc, client, root / "server.log")
     yield dict(
         client=client, base=base, model=model, store=store, docs={d.docid: d.text for d in docs},
         log=root / "server.log", proc=proc,

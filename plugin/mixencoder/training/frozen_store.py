@@ -82,8 +82,9 @@ class StoreBackedTrainee(nn.Module):
             )
         store.check_compatible(model)
         self.model = model
-        self.rows = {d: i for i, d in enumerate(dict.fromkeys(docids))}
-        reps = store.gather(list(self.rows))
+        self.docids = list(dict.fromkeys(docids))  # row i of the table holds docids[i]
+        self.rows = {d: i for i, d in enumerate(self.docids)}
+        reps = store.gather(self.docids)
         self.vectors = reps.vectors[:, : model.config.k].float()
         self.pooled = None if reps.pooled is None else reps.pooled.float()
         self.first_stage = {q: minmax_normalise(s) for q, s in (first_stage or {}).items()}
@@ -139,8 +140,7 @@ class StoreBackedTrainee(nn.Module):
 
     def _first_stage_matrix(self, query_ids: Sequence[str], rows: torch.Tensor) -> torch.Tensor:
         """``(B, C)``: each candidate's normalised first-stage score for each query (0 if absent)."""
-        docids = list(self.rows)
-        cands = [docids[int(r)] for r in rows]
+        cands = [self.docids[int(r)] for r in rows]
         return torch.tensor([[self.first_stage.get(q, {}).get(d, 0.0) for d in cands] for q in query_ids])
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
