@@ -164,3 +164,24 @@ def test_run_msmarco_trains_baselines(shared_data: Path, tiny_backbone_dir: Path
         lines = [line for line in (out / "runs" / f"{system}.trec").read_text().split("\n") if line]
         assert len(lines) == 4 * 10
         assert metrics[system]["R(rel=2)@1000"] == pytest.approx(metrics["bm25"]["R(rel=2)@1000"])
+
+
+def test_run_msmarco_frozen_store_systems(shared_data, tiny_backbone_dir, tmp_path):
+    import run_msmarco
+
+    out = tmp_path / "out"
+    systems = ["dual-frozen", "mixencoder-frozen", "mixencoder-frozen-fusionloss"]
+    run_msmarco.main([
+        "--data-dir", str(shared_data / "msmarco" / "dl20"), "--limit-queries", "4", "--depth", "10",
+        "--folds", "2", "--budget", "2steps", "--backbone", str(tiny_backbone_dir), *TINY,
+        "--out", str(out), "--cache", str(tmp_path / "cache"), "--systems", "bm25", *systems,
+    ])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == set(with_fused(["bm25", *systems]))
+    notes = json.loads((out / "notes.json").read_text())
+    assert set(notes["training"]) == set(systems)
+    for system in systems:
+        assert metrics[system]["train_s_per_step"] > 0
+        assert all(info["steps"] == 1 for info in notes["training"][system].values())
+        lines = [line for line in (out / "runs" / f"{system}.trec").read_text().split("\n") if line]
+        assert len(lines) == 4 * 10
