@@ -129,6 +129,20 @@ class RankingMixin:
         (2,)
     """
 
+    # Capabilities every model declares (the store, trainer and benches read these, never probe).
+    #: how the store's FAISS copy of ``CandidateReps.pooled`` is searched: "ip" or "cosine".
+    search_metric: str = "ip"
+    #: True when ``forward(q, c) -> (B, C)`` is affordable for a whole batch (in-batch negatives).
+    supports_in_batch_negatives: bool = True
+
+    def new_parameter_names(self) -> list[str]:
+        """Parameters that start fresh (not from the backbone): the trainer gives them a higher LR."""
+        return []
+
+    def mixing_summary(self) -> dict[str, float]:
+        """Scalar diagnostics of the interaction (gate values, ...); empty for models without one."""
+        return {}
+
     def rank(
         self,
         query: str,
