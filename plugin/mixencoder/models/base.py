@@ -143,6 +143,14 @@ class RankingMixin:
         """Scalar diagnostics of the interaction (gate values, ...); empty for models without one."""
         return {}
 
+    #: True when ``score`` reads ``reps.pooled`` (stores must then be built with pooled vectors).
+    needs_pooled: bool = False
+
+    def ablated(self) -> Any:
+        """The same weights with the interaction switched off (a :class:`Scorer`), to measure what
+        the interaction adds; ``None`` for models without an interaction to switch off."""
+        return None
+
     def rank(
         self,
         query: str,

@@ -284,6 +284,20 @@ class MixEncoder(RankingMixin, nn.Module):
         }
 
     @property
+    def needs_pooled(self) -> bool:
+        """The pooled residual compares against the stored pooled vectors."""
+        return bool(self.config.pooled_residual)
+
+    def ablated(self):
+        """The backbone's pooled vectors alone (what ``pooled_residual`` starts from); ``None``
+        without the pooled residual, where no interaction-free score exists."""
+        if not self.config.pooled_residual:
+            return None
+        from .dual import DualEncoder  # dual.py imports this module
+
+        return DualEncoder(self)
+
+    @property
     def search_metric(self) -> str:
         """The dense-search metric matching ``config.similarity``, for candidate stores:
         ``"cosine"`` when the model scores by cosine, else ``"ip"`` (inner product)."""
