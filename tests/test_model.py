@@ -332,10 +332,10 @@ def test_truncated_candidates_are_counted(tiny_model_factory, caplog):
     import logging
 
     model = tiny_model_factory(candidate_max_length=16)
-    with caplog.at_level(logging.INFO, logger="mixencoder.models.mixencoder"):
+    with caplog.at_level(logging.INFO, logger="mixencoder.models.text"):
         model.encode_candidates(["rain", " ".join(["bread"] * 40), "lobster " * 30], show_progress_bar=False)
     assert "2 of 3 candidate texts are longer than 16 tokens and were truncated" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="mixencoder.models.mixencoder"):
+    with caplog.at_level(logging.INFO, logger="mixencoder.models.text"):
         model.encode_candidates(["rain", "bread"], show_progress_bar=False)
     assert "truncated" not in caplog.text

@@ -1,9 +1,10 @@
-"""Models: MixEncoder and the paper's baselines, all behind the Scorer protocol (math only: no
-store, no search engine). ``load_model`` picks the class from a saved config's model_type."""
+"""Models: MixEncoder and the paper's baselines, all subclasses of :class:`RankingModel` behind
+the Scorer protocol (math only: no store, no search engine). ``load_model`` picks the class from
+a saved config's model_type."""
 
 from __future__ import annotations
 
-from .base import CandidateReps, RankingMixin, Scorer
+from .base import CandidateReps, PairwiseModel, RankingModel, Scorer
 from .biencoder import BiEncoder
 from .colbert import ColBERT
 from .config import MixEncoderConfig
@@ -13,6 +14,7 @@ from .dual import DualEncoder
 from .mixencoder import MixEncoder, QueryState
 from .poly import PolyEncoder
 from .registry import MODEL_TYPES, load_model
+from .text import padding_fraction
 from .virt import VIRT
 
 __all__ = [
@@ -27,8 +29,10 @@ __all__ = [
     "MixEncoderConfig",
     "PolyEncoder",
     "QueryState",
-    "RankingMixin",
+    "PairwiseModel",
+    "RankingModel",
     "Scorer",
     "VIRT",
     "load_model",
+    "padding_fraction",
 ]

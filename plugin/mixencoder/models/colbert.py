@@ -21,9 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import late_interaction as LI
-from .base import CandidateReps
-from .biencoder import BaselineConfig, PretrainedScorer
-from .mixencoder import _check_texts
+from .base import CandidateReps, RankingModel
+from .config import BaselineConfig
+from .text import check_texts
 
 SCORE_CHUNK = 256  # candidates per MaxSim step; any value gives the same scores
 
@@ -50,7 +50,7 @@ class ColBERTConfig(BaselineConfig):
             raise ValueError(f"dim must be >= 1, got {self.dim}")
 
 
-class ColBERT(PretrainedScorer):
+class ColBERT(RankingModel):
     """ColBERT over a BERT-family backbone (one backbone for queries and candidates).
 
     Stored per candidate: ``(tokens, dim)`` unit vectors (``pooled`` is None: build its store
@@ -85,14 +85,14 @@ class ColBERT(PretrainedScorer):
     # ------------------------------------------------------------------ tokenisation
 
     def tokenize_queries(self, queries: Sequence[str]) -> dict[str, torch.Tensor]:
-        _check_texts(queries, "query")
+        check_texts(queries, "query")
         tok = self._tokenize_marked(queries, self.config.query_max_length, self._marker_ids["query"])
         if self.config.query_augmentation:
             tok = self._augment(tok)
         return tok
 
     def tokenize_candidates(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        _check_texts(texts, "candidate")
+        check_texts(texts, "candidate")
         return self._tokenize_marked(texts, self.config.candidate_max_length, self._marker_ids["document"])
 
     def _tokenize_marked(self, texts: Sequence[str], max_length: int, marker: int | None) -> dict[str, torch.Tensor]:
@@ -127,13 +127,18 @@ class ColBERT(PretrainedScorer):
         states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return F.normalize(self.linear(states), dim=-1, eps=1e-8)
 
-    def forward(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Training path: ``(B, C)`` MaxSim scores of every query against every candidate."""
-        q = self.token_vectors_torch(**queries)
-        c = self.token_vectors_torch(**candidates)
-        return LI.maxsim_matrix(
-            q, self._query_vector_mask(queries["attention_mask"]), c, candidates["attention_mask"].bool()
-        )
+    def encode_query_batch(self, queries: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(vectors (B, Lq, dim), MaxSim mask (B, Lq))``."""
+        return self.token_vectors_torch(**queries), self._query_vector_mask(queries["attention_mask"])
+
+    def encode_candidate_batch(self, candidates: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(vectors (C, Lc, dim), mask (C, Lc))``."""
+        return self.token_vectors_torch(**candidates), candidates["attention_mask"].bool()
+
+    def score_matrix(self, query_batch, candidate_batch) -> torch.Tensor:
+        """``(B, C)`` MaxSim scores of every query against every candidate."""
+        (q, q_mask), (c, c_mask) = query_batch, candidate_batch
+        return LI.maxsim_matrix(q, q_mask, c, c_mask)
 
     # ------------------------------------------------------------------ Scorer
 
@@ -146,7 +151,7 @@ class ColBERT(PretrainedScorer):
     def _fingerprint_extra(self) -> dict[str, Any]:
         return {"dim": self.config.dim, "document_marker": self.config.document_marker, "layout": "token vectors"}
 
-    def _encode_candidate_batch(self, tokens):
+    def _candidate_reps_batch(self, tokens):
         v = self.token_vectors_torch(**tokens)
         return v, tokens["attention_mask"].sum(-1), None
 

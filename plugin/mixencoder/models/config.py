@@ -1,4 +1,5 @@
-"""MixEncoderConfig: every hyper-parameter of the model, as one JSON-serialisable dataclass."""
+"""Model configs as JSON-serialisable dataclasses: :class:`MixEncoderConfig` (every
+hyper-parameter of MixEncoder) and :class:`BaselineConfig` (the fields every baseline shares)."""
 
 from __future__ import annotations
 
@@ -119,3 +120,41 @@ class MixEncoderConfig:
             raise ValueError(f"unknown MixEncoderConfig fields {unknown}; known: {sorted(known)}")
         # Configs saved before ``mixing`` existed mixed by scalars (their weights hold alpha/beta).
         return cls(**{"mixing": "scalar", **data})
+
+
+@dataclass
+class BaselineConfig:
+    """Fields every baseline has (a subclass adds its own).
+
+    Attributes:
+        backbone: name or directory the backbone was first loaded from (informational once
+            saved: a saved model carries its weights and ``backbone_config``).
+        query_max_length: query truncation, in tokens ([CLS] and [SEP] included).
+        candidate_max_length: candidate truncation, in tokens ([CLS] and [SEP] included).
+        backbone_config: the backbone's own config dict, filled in by the model.
+    """
+
+    backbone: str = "all-MiniLM-L6-v2"
+    query_max_length: int = 32
+    candidate_max_length: int = 180
+    backbone_config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("query_max_length", "candidate_max_length"):
+            if int(getattr(self, name)) < 3:
+                raise ValueError(f"{name} must be >= 3 tokens, got {getattr(self, name)}")
+        for name, allowed in (("similarity", ("dot", "cosine")), ("pooling", ("mean", "cls"))):
+            value = getattr(self, name, None)
+            if value is not None and value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BaselineConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(known)}")
+        return cls(**data)

@@ -21,8 +21,9 @@ import torch
 import torch.nn as nn
 
 from . import late_interaction as LI
-from .base import CandidateReps
-from .biencoder import BaselineConfig, PairwiseScorer, Pooling, pool
+from .base import CandidateReps, PairwiseModel
+from .biencoder import Pooling, pool
+from .config import BaselineConfig
 
 ID_BASE = 2048  # token ids are stored as two digits in this base: both exact in float16
 
@@ -58,7 +59,7 @@ def decode_ids(vectors: torch.Tensor) -> torch.Tensor:
     return digits[..., 0] * ID_BASE + digits[..., 1]
 
 
-class CrossEncoder(PairwiseScorer):
+class CrossEncoder(PairwiseModel):
     """Cross-BERT over a BERT-family backbone with a one-output linear head.
 
     Query state: the query's ``(input_ids (Lq,), attention_mask (Lq,))`` ([CLS] q [SEP]):
@@ -89,7 +90,7 @@ class CrossEncoder(PairwiseScorer):
         states = self.backbone(input_ids=ids, attention_mask=mask.long(), token_type_ids=segment * mask.long()).last_hidden_state
         return self.head(pool(states, mask, self.config.pooling))[:, 0]
 
-    # forward (B x C full forwards) and forward_grouped: see PairwiseScorer.
+    # forward (B x C full forwards) and forward_grouped: see PairwiseModel.
 
     def _indexed_pair_scores(self, queries, candidates, qi, ci) -> torch.Tensor:
         c_ids, c_mask = candidates["input_ids"][:, 1:], candidates["attention_mask"][:, 1:]
@@ -106,7 +107,7 @@ class CrossEncoder(PairwiseScorer):
     def _fingerprint_extra(self) -> dict[str, Any]:
         return {"dim": 2, "layout": f"token ids as base-{ID_BASE} digits"}
 
-    def _encode_candidate_batch(self, tokens):
+    def _candidate_reps_batch(self, tokens):
         ids, mask = tokens["input_ids"][:, 1:], tokens["attention_mask"][:, 1:]
         return encode_ids(ids * mask), mask.sum(-1), None
 

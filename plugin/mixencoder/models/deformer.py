@@ -23,8 +23,9 @@ import torch.nn as nn
 
 from . import late_interaction as LI
 from .backbone import bert_layers
-from .base import CandidateReps
-from .biencoder import BaselineConfig, PairwiseScorer, Pooling, pool
+from .base import CandidateReps, PairwiseModel
+from .biencoder import Pooling, pool
+from .config import BaselineConfig
 
 
 @dataclass
@@ -43,7 +44,7 @@ class DeformerConfig(BaselineConfig):
     score_batch_size: int = 64
 
 
-class Deformer(PairwiseScorer):
+class Deformer(PairwiseModel):
     """DeFormer over a BERT-family backbone, with a one-output linear head.
 
     Stored per candidate: its ``(tokens, d)`` lower-layer states (``pooled`` is None: build the
@@ -108,7 +109,7 @@ class Deformer(PairwiseScorer):
 
     # ------------------------------------------------------------------ training path
 
-    # forward (B x C upper-layer passes) and forward_grouped: see PairwiseScorer.
+    # forward (B x C upper-layer passes) and forward_grouped: see PairwiseModel.
 
     def _indexed_pair_scores(self, queries, candidates, qi, ci) -> torch.Tensor:
         q = self.lower_queries(**queries)
@@ -129,7 +130,7 @@ class Deformer(PairwiseScorer):
             "layout": "lower-layer token states",
         }
 
-    def _encode_candidate_batch(self, tokens):
+    def _candidate_reps_batch(self, tokens):
         states, mask = self.lower_candidates(**tokens)
         return states, mask.sum(-1), None
 

@@ -11,37 +11,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import logging
 import math
-import os
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from . import functional as MF
-from .backbone import bert_layers, default_backbone_path
-from .base import CandidateReps, RankingMixin
+from .backbone import bert_layers
+from .base import CandidateReps, RankingModel
 from .config import MixEncoderConfig
-from .persistence import (
-    FORMAT_VERSION,  # noqa: F401  (re-exported; it used to live here)
-    build_from_backbone,
-    candidate_digest,
-    load_saved,
-    read_config,
-    save_model,
-)
-from .persistence import read_json as _read_json  # noqa: F401  (registry imports it from here)
 
-logger = logging.getLogger(__name__)
-
-MODEL_TYPE = "mixencoder"
 SCORE_CHUNK = 1024  # candidates scored per step; any value gives the same scores
 
 
@@ -138,7 +121,7 @@ class InteractionLayer(nn.Module):
         return e_new, h_new
 
 
-class MixEncoder(RankingMixin, nn.Module):
+class MixEncoder(RankingModel):
     """MixEncoder over any BERT-family encoder; implements the :class:`~mixencoder.models.Scorer`
     protocol (encode candidates offline, encode the query once, score).
 
@@ -147,20 +130,15 @@ class MixEncoder(RankingMixin, nn.Module):
         >>> model.score_texts("what is a lobster roll", ["A lobster roll is a sandwich.", "Rain."])
     """
 
+    MODEL_TYPE = "mixencoder"
     CONFIG_CLASS = MixEncoderConfig
 
     def __init__(self, config: MixEncoderConfig, backbone: nn.Module, tokenizer: Any):
-        super().__init__()
-        self.config = config
-        self.backbone = backbone
-        self.tokenizer = tokenizer
+        super().__init__(config, backbone, tokenizer)
         bcfg = backbone.config
-        config.backbone_config = bcfg.to_dict()
         layers = bert_layers(backbone)
         self.layer_ids = config.resolved_layers(len(layers))
-        d = bcfg.hidden_size
-        self.hidden_size = d
-        self.num_heads = bcfg.num_attention_heads
+        d = self.hidden_size
         dropout = float(getattr(bcfg, "hidden_dropout_prob", 0.1))
 
         word_embeddings = backbone.get_input_embeddings().weight
@@ -217,45 +195,11 @@ class MixEncoder(RankingMixin, nn.Module):
         """The backbone that encodes queries (``query_backbone`` if separate, else ``backbone``)."""
         return self.query_backbone if self.query_backbone is not None else self.backbone
 
-    # ------------------------------------------------------------------ loading and saving
-
-    @classmethod
-    def from_pretrained(cls, name_or_dir: str | os.PathLike | None = None, **config: Any) -> MixEncoder:
-        """Load a saved MixEncoder, or build a fresh one on top of a backbone.
-
-        Args:
-            name_or_dir: a directory written by :meth:`save_pretrained`; or a backbone (hub name
-                such as ``bert-base-uncased`` or a local BERT directory); ``None`` for the bundled
-                all-MiniLM-L6-v2, which loads offline.
-            **config: :class:`MixEncoderConfig` fields (for a fresh model), e.g. ``k=2``.
-
-        Returns:
-            The model, in eval mode.
-        """
-        path = default_backbone_path() if name_or_dir is None else name_or_dir
-        data = read_config(path)
-        if data is not None and data.get("model_type") == MODEL_TYPE:
-            if config:
-                raise ValueError(
-                    f"{path} is a saved MixEncoder; its config cannot be overridden "
-                    f"({sorted(config)}); build a fresh model from a backbone instead"
-                )
-            return load_saved(cls, cls.CONFIG_CLASS, Path(path), data)
-        return build_from_backbone(cls, cls.CONFIG_CLASS, name_or_dir, path, config)
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json``, ``model.safetensors`` and the tokenizer files (no pickles).
-
-        Each file is written to a temporary name and renamed, so an interrupted save never
-        leaves a half-written file under the final name.
-        """
-        save_model(directory, MODEL_TYPE, self.config.to_dict(), self, self.tokenizer)
-
-    # ------------------------------------------------------------------ tokenisation
+    # ------------------------------------------------------------------ capabilities
 
     @property
-    def device(self) -> torch.device:
-        return self.special_or_codes.device
+    def num_labels(self) -> int:
+        return int(self.config.num_labels)
 
     def new_parameter_names(self) -> list[str]:
         """Parameters with no pre-trained counterpart (the trainer may give them a larger
@@ -307,17 +251,10 @@ class MixEncoder(RankingMixin, nn.Module):
     def special_or_codes(self) -> torch.Tensor:
         return self.special_embeddings if self.config.strategy == "S" else self.context_codes
 
-    def tokenize_queries(self, queries: Sequence[str]) -> dict[str, torch.Tensor]:
-        _check_texts(queries, "query")
-        return self._tokenize(queries, self.config.query_max_length)
-
-    def tokenize_candidates(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    def _candidate_token_budget(self) -> int:
         # The S strategy puts k special tokens where [CLS] was: k - 1 extra positions.
         extra = self.config.k - 1 if self.config.strategy == "S" else 0
-        return self._tokenize(texts, self.config.candidate_max_length - extra)
-
-    def _tokenize(self, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
-        return _tokenize_texts(self.tokenizer, texts, max_length, self.device)
+        return self.config.candidate_max_length - extra
 
     # ------------------------------------------------------------------ training path (grads)
 
@@ -393,16 +330,22 @@ class MixEncoder(RankingMixin, nn.Module):
     def similarity(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         return MF.similarity(h, e, self.config.similarity, self.log_scale.exp())
 
-    def forward(
-        self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]
+    def encode_query_batch(self, queries: dict[str, torch.Tensor]) -> QueryState:
+        return self.encode_queries_torch(**queries)
+
+    def encode_candidate_batch(self, candidates: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(E0 (C, k, d), pooled (C, d))``."""
+        return self.encode_candidates_torch(**candidates)
+
+    def score_matrix(
+        self, query_batch: QueryState, candidate_batch: tuple[torch.Tensor, torch.Tensor | None]
     ) -> torch.Tensor:
-        """Training path: ``(B, C)`` scores of every candidate for every query (in-batch
-        negatives), with gradients. Inputs are :meth:`tokenize_queries` /
-        :meth:`tokenize_candidates` outputs."""
-        query = self.encode_queries_torch(**queries)
-        e0, pooled = self.encode_candidates_torch(**candidates)
-        b = query.mask.shape[0]
-        h, e = self.head_vectors(query, e0.unsqueeze(0).expand(b, -1, -1, -1), pooled.unsqueeze(0))
+        """``(B, C)`` scores of every candidate for every query (in-batch negatives)."""
+        e0, pooled = candidate_batch
+        b = query_batch.mask.shape[0]
+        h, e = self.head_vectors(
+            query_batch, e0.unsqueeze(0).expand(b, -1, -1, -1), None if pooled is None else pooled.unsqueeze(0)
+        )
         return self.similarity(h, e)
 
     def classify_torch(
@@ -422,46 +365,15 @@ class MixEncoder(RankingMixin, nn.Module):
 
     # ------------------------------------------------------------------ inference (Scorer)
 
-    def candidate_fingerprint(self) -> dict[str, Any]:
-        """Identity of everything that shapes the stored reps (see ``Scorer``)."""
-        sha256 = candidate_digest(
-            self.backbone.state_dict().items(), self.tokenizer, unnamed=[self.special_or_codes]
-        )
-        return {
-            "model_type": MODEL_TYPE,
-            "strategy": self.config.strategy,
-            "k": self.config.k,
-            "dim": self.hidden_size,
-            "candidate_max_length": self.config.candidate_max_length,
-            "sha256": sha256,
-        }
+    def _candidate_side_unnamed(self) -> list[torch.Tensor]:
+        return [self.special_or_codes]
 
-    @torch.inference_mode()
-    def encode_candidates(
-        self,
-        texts: Sequence[str],
-        *,
-        batch_size: int = 32,
-        show_progress_bar: bool | None = None,
-    ) -> CandidateReps:
-        """Offline: ``texts`` -> :class:`CandidateReps` with ``vectors (n, k, d)`` and
-        ``pooled (n, d)``. Texts are batched by length (less padding) and returned in order."""
-        self.eval()
-        _check_texts(texts, "candidate", allow_empty_list=True)
-        texts = list(texts)
-        d, k = self.hidden_size, self.config.k
-        vectors = torch.empty(len(texts), k, d)
-        pooled = torch.empty(len(texts), d)
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        show = _show_progress(show_progress_bar)
-        truncated_before = TRUNCATED.count
-        for start in tqdm(range(0, len(texts), batch_size), desc="Encoding candidates", disable=not show):
-            idx = order[start : start + batch_size]
-            e0, p = self.encode_candidates_torch(**self.tokenize_candidates([texts[i] for i in idx]))
-            vectors[torch.from_numpy(idx)] = e0.float().cpu()
-            pooled[torch.from_numpy(idx)] = p.float().cpu()
-        report_truncation(truncated_before, len(texts), self.config.candidate_max_length)
-        return CandidateReps(vectors, torch.full((len(texts),), k, dtype=torch.int64), pooled)
+    def _fingerprint_extra(self) -> dict[str, Any]:
+        return {"strategy": self.config.strategy, "k": self.config.k, "dim": self.hidden_size}
+
+    def _candidate_reps_batch(self, tokens):
+        e0, pooled = self.encode_candidates_torch(**tokens)
+        return e0, torch.full((e0.shape[0],), self.config.k, dtype=torch.int64), pooled
 
     @torch.inference_mode()
     def encode_query(self, query: str) -> QueryState:
@@ -500,20 +412,15 @@ class MixEncoder(RankingMixin, nn.Module):
             out.append(self.similarity(h, e)[0].float().cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
-    def score_texts(self, query: str, texts: Sequence[str], *, batch_size: int = 32) -> list[float]:
-        """Direct scoring, no store: encode the candidates, then score them for ``query``."""
-        reps = self.encode_candidates(texts, batch_size=batch_size, show_progress_bar=False)
-        return self.score(self.encode_query(query), reps).tolist()
-
     @torch.inference_mode()
     def predict(
         self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, show_progress_bar: bool | None = None
     ) -> np.ndarray:
         """Classifier probabilities ``(n, num_labels)`` for (premise, hypothesis) pairs; for a
         model without a classifier head (``num_labels=0``), relevance scores ``(n,)`` as
-        :meth:`RankingMixin.predict` gives them."""
+        :meth:`RankingModel.predict` gives them."""
         if self.classifier is None:
-            return RankingMixin.predict(self, pairs, batch_size, show_progress_bar)
+            return super().predict(pairs, batch_size, show_progress_bar)
         self.eval()
         out = []
         for i in range(0, len(pairs), batch_size):
@@ -524,47 +431,3 @@ class MixEncoder(RankingMixin, nn.Module):
             )
             out.append(torch.softmax(logits.float(), -1).cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, self.config.num_labels), np.float32)
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _check_texts(texts: Sequence[str], what: str, allow_empty_list: bool = False) -> None:
-    if isinstance(texts, str):
-        raise TypeError(f"expected a list of {what} texts, got a single string")
-    if not texts and not allow_empty_list:
-        raise ValueError(f"no {what} texts given")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"{what} text {i} is {type(t).__name__}, not str")
-        if not t.strip():
-            raise ValueError(f"{what} text {i} is empty")
-
-
-def _show_progress(flag: bool | None) -> bool:
-    return logger.getEffectiveLevel() <= logging.INFO if flag is None else flag
-
-
-class _TruncationCounter(threading.local):
-    """Texts cut at ``max_length`` by :func:`_tokenize_texts`, per thread (read by the encoders,
-    which report the count once per call)."""
-
-    count = 0
-
-
-TRUNCATED = _TruncationCounter()
-
-
-def _tokenize_texts(tokenizer: Any, texts: Sequence[str], max_length: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Padded, truncated ``input_ids`` and ``attention_mask`` on ``device``."""
-    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    if enc.encodings:  # fast tokenizers say what they cut
-        TRUNCATED.count += sum(1 for e in enc.encodings if e.overflowing)
-    return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
-
-
-def report_truncation(before: int, n: int, max_length: int) -> None:
-    """Log how many of the ``n`` candidate texts just encoded were cut at ``max_length`` tokens."""
-    cut = TRUNCATED.count - before
-    if cut:
-        logger.info("%d of %d candidate texts are longer than %d tokens and were truncated", cut, n, max_length)

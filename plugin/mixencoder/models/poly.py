@@ -15,8 +15,9 @@ import torch
 import torch.nn as nn
 
 from . import late_interaction as LI
-from .base import CandidateReps
-from .biencoder import BaselineConfig, Pooling, PretrainedScorer, pool
+from .base import CandidateReps, RankingModel
+from .biencoder import Pooling, pool
+from .config import BaselineConfig
 
 
 @dataclass
@@ -45,7 +46,7 @@ class PolyEncoderConfig(BaselineConfig):
             raise ValueError(f"candidate_pooling must be 'mean' or 'cls', got {self.candidate_pooling!r}")
 
 
-class PolyEncoder(PretrainedScorer):
+class PolyEncoder(RankingModel):
     """Poly-encoder over a BERT-family backbone (one backbone for both sides).
 
     The codes start near zero, so each code first attends almost uniformly and every query
@@ -83,13 +84,19 @@ class PolyEncoder(PretrainedScorer):
             return torch.nn.functional.cosine_similarity(ctx, cands[None], dim=-1, eps=1e-8) * self.config.scale
         return (ctx * cands[None]).sum(-1)
 
-    def forward(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Training path: ``(B, C)`` scores of every query against every candidate."""
-        return self.interact(self.query_vectors_torch(**queries), self.candidate_vectors_torch(**candidates))
+    def encode_query_batch(self, queries: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.query_vectors_torch(**queries)
+
+    def encode_candidate_batch(self, candidates: dict[str, torch.Tensor]) -> tuple[torch.Tensor]:
+        return (self.candidate_vectors_torch(**candidates),)
+
+    def score_matrix(self, query_batch: torch.Tensor, candidate_batch: tuple[torch.Tensor]) -> torch.Tensor:
+        """``(B, C)``: each candidate attends over each query's m vectors (:meth:`interact`)."""
+        return self.interact(query_batch, candidate_batch[0])
 
     # ------------------------------------------------------------------ Scorer
 
-    def _encode_candidate_batch(self, tokens):
+    def _candidate_reps_batch(self, tokens):
         return self._one_vector_batch(self.candidate_vectors_torch(**tokens))
 
     def _fingerprint_extra(self) -> dict[str, Any]:

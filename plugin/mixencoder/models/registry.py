@@ -8,19 +8,20 @@ wrote it; a backbone directory says nothing, so loading one needs ``model_type=`
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from .backbone import default_backbone_path
+from .base import RankingModel
 from .biencoder import BiEncoder
 from .colbert import ColBERT
 from .cross import CrossEncoder
 from .deformer import Deformer
-from .mixencoder import MixEncoder, _read_json
+from .mixencoder import MixEncoder
+from .persistence import is_saved_model, read_config
 from .poly import PolyEncoder
 from .virt import VIRT
 
-MODEL_TYPES: dict[str, type] = {
+MODEL_TYPES: dict[str, type[RankingModel]] = {
     "mixencoder": MixEncoder,
     "dual": BiEncoder,
     "cross": CrossEncoder,
@@ -31,7 +32,9 @@ MODEL_TYPES: dict[str, type] = {
 }
 
 
-def load_model(path_or_name: str | os.PathLike | None = None, model_type: str | None = None, **config: Any) -> Any:
+def load_model(
+    path_or_name: str | os.PathLike | None = None, model_type: str | None = None, **config: Any
+) -> RankingModel:
     """Load a saved model of any registered type, or build a fresh one from a backbone.
 
     Args:
@@ -50,16 +53,14 @@ def load_model(path_or_name: str | os.PathLike | None = None, model_type: str | 
         raise ValueError(f"unknown model_type {model_type!r}; known: {sorted(MODEL_TYPES)}")
     path = default_backbone_path() if path_or_name is None else path_or_name
     saved_type = None
-    cfg = Path(path) / "config.json"
-    if cfg.is_file():
-        data = _read_json(cfg)
-        if "format_version" in data and "config" in data:
-            saved_type = data.get("model_type")
-            if saved_type not in MODEL_TYPES:
-                raise ValueError(
-                    f"{path} was saved with model_type {saved_type!r}, which this version does "
-                    f"not know; known: {sorted(MODEL_TYPES)}"
-                )
+    data = read_config(path)
+    if data is not None and is_saved_model(data):
+        saved_type = data.get("model_type")
+        if saved_type not in MODEL_TYPES:
+            raise ValueError(
+                f"{path} was saved with model_type {saved_type!r}, which this version does "
+                f"not know; known: {sorted(MODEL_TYPES)}"
+            )
     if saved_type is not None:
         if model_type is not None and model_type != saved_type:
             raise ValueError(f"{path} holds a saved {saved_type!r} model, not {model_type!r}")
@@ -99,7 +100,7 @@ SYSTEMS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def build_system(name: str, backbone: str | os.PathLike | None = None, **overrides: Any) -> Any:
+def build_system(name: str, backbone: str | os.PathLike | None = None, **overrides: Any) -> RankingModel:
     """A fresh (untrained) model of one of the paper's systems, by its exact name.
 
     Args:

@@ -46,8 +46,8 @@ import torch.nn as nn
 from . import functional as MF
 from . import late_interaction as LI
 from .backbone import bert_layers
-from .base import CandidateReps
-from .biencoder import BaselineConfig, PretrainedScorer
+from .base import CandidateReps, RankingModel
+from .config import BaselineConfig
 
 _NEG = torch.finfo(torch.float32).min
 SCORE_CHUNK = 128  # candidates per interaction step; any value gives the same scores
@@ -157,7 +157,7 @@ def virt_distillation_loss(
     return (per_row * rows).sum() / rows.sum().clamp_min(1.0)
 
 
-class VIRT(PretrainedScorer):
+class VIRT(RankingModel):
     """VIRT over a BERT-family backbone (see the module docstring).
 
     Stored per candidate: its ``(tokens, d)`` last-layer states, and ``pooled`` = their mean (the
@@ -167,6 +167,7 @@ class VIRT(PretrainedScorer):
 
     MODEL_TYPE = "virt"
     CONFIG_CLASS = VIRTConfig
+    supports_distillation = True
 
     def __init__(self, config: VIRTConfig, backbone: nn.Module, tokenizer: Any):
         super().__init__(config, backbone, tokenizer)
@@ -194,16 +195,21 @@ class VIRT(PretrainedScorer):
             u, v = u.expand(max(len(u), len(v)), -1), v.expand(max(len(u), len(v)), -1)
         return MF.similarity(u, v, self.config.similarity, self.config.scale)
 
-    def forward(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Training path: ``(B, C)`` scores of every query against every candidate."""
-        x = self.token_states_torch(**queries)
-        y = self.token_states_torch(**candidates)
+    def encode_query_batch(self, queries: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(states (B, Lq, d), mask (B, Lq))``."""
+        return self.token_states_torch(**queries), queries["attention_mask"].bool()
+
+    def encode_candidate_batch(self, candidates: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(states (C, Lc, d), mask (C, Lc))``."""
+        return self.token_states_torch(**candidates), candidates["attention_mask"].bool()
+
+    def score_matrix(self, query_batch, candidate_batch) -> torch.Tensor:
+        """``(B, C)``: the interaction score of every (query, candidate) pair."""
+        (x, x_mask), (y, y_mask) = query_batch, candidate_batch
         b, c = x.shape[0], y.shape[0]
         qi = torch.arange(b, device=x.device).repeat_interleave(c)
         ci = torch.arange(c, device=x.device).repeat(b)
-        return self.pair_scores(
-            x[qi], queries["attention_mask"][qi], y[ci], candidates["attention_mask"][ci]
-        ).view(b, c)
+        return self.pair_scores(x[qi], x_mask[qi], y[ci], y_mask[ci]).view(b, c)
 
     def distillation_loss(
         self,
@@ -277,7 +283,7 @@ class VIRT(PretrainedScorer):
     def _fingerprint_extra(self) -> dict[str, Any]:
         return {"dim": self.hidden_size, "layout": "last-layer token states"}
 
-    def _encode_candidate_batch(self, tokens):
+    def _candidate_reps_batch(self, tokens):
         states = self.token_states_torch(**tokens)
         mask = tokens["attention_mask"]
         return states, mask.sum(-1), MF.mean_pool(states, mask.bool())
