@@ -121,7 +121,7 @@ def test_distillation_is_added_to_the_loss_and_learnt(make, tmp_path):
 def test_misuse_is_refused(make, tmp_path):
     examples = matching_set(4)
     teacher = make("cross")
-    with pytest.raises(ValueError, match="no distillation_loss"):
+    with pytest.raises(ValueError, match="does not distill from one"):
         train(make("dual"), examples, fast_config(max_steps=1, distillation_weight=1.0),
               output_dir=tmp_path / "a", teacher=teacher)
     with pytest.raises(ValueError, match="distillation_weight is 0"):

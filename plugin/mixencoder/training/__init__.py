@@ -1,4 +1,5 @@
-"""Training MixEncoder: examples, losses, the trainer and its resumable checkpoints.
+"""Training any model (a :class:`~mixencoder.models.RankingModel`): examples, losses, the
+trainer and its resumable checkpoints.
 
 Example:
     >>> from mixencoder import MixEncoder
@@ -11,19 +12,16 @@ Example:
 
 from __future__ import annotations
 
+from .batches import MatchingBatch, PairBatch
 from .checkpoint import CHECKPOINT_NAME, TrainerState, load_checkpoint, save_checkpoint
 from .config import TrainingConfig
 from .examples import MatchingExample, PairExample
 from .losses import (
-    ClassificationLoss,
-    InBatchNegativesLoss,
     classification_loss,
     in_batch_negatives_loss,
     same_query_mask,
 )
 from .trainer import (
-    MatchingBatch,
-    PairBatch,
     TrainResult,
     build_optimizer,
     collate_matching,
@@ -36,8 +34,6 @@ from .trainer import (
 
 __all__ = [
     "CHECKPOINT_NAME",
-    "ClassificationLoss",
-    "InBatchNegativesLoss",
     "MatchingBatch",
     "MatchingExample",
     "PairBatch",

@@ -2,7 +2,7 @@
 
 Layout of ``<output_dir>/checkpoint-latest``::
 
-    model/                  MixEncoder.save_pretrained: config.json, model.safetensors, tokenizer
+    model/                  the model's save_pretrained: config.json, model.safetensors, tokenizer
     optimizer.safetensors   AdamW state flattened per parameter: "<name>.exp_avg", ...
     rng.safetensors         torch CPU (and CUDA) generator states as uint8 tensors, numpy keys
     trainer_state.json      step counters, configs, numpy/python RNG scalars; written last
@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..models import MixEncoder
+from ..models.base import RankingModel
 from .config import TrainingConfig
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def data_fingerprint(examples: Sequence[Any]) -> str:
 
 def save_checkpoint(
     output_dir: str | os.PathLike,
-    model: MixEncoder,
+    model: RankingModel,
     optimizer: torch.optim.Optimizer,
     param_names: Sequence[str],
     state: TrainerState,
@@ -203,7 +203,7 @@ def save_checkpoint(
 
 def load_checkpoint(
     path: str | os.PathLike,
-    model: MixEncoder,
+    model: RankingModel,
     optimizer: torch.optim.Optimizer,
     param_names: Sequence[str],
     config: TrainingConfig,

@@ -8,9 +8,12 @@ into a process group (NCCL on GPUs, gloo on CPU) the first time :func:`~.trainer
 How the numbers stay those of single-process training on the same global batch of ``B``
 queries split over ``W`` ranks (``b = B / W`` each):
 
-* every rank encodes only its own ``b`` queries and their candidates, then all-gathers the
-  candidate representations, so each query is scored against the *global* candidate pool
-  (the same ``B x (B + B*h)`` score matrix, row-sliced);
+* every rank encodes only its own ``b`` queries and their candidates
+  (``model.encode_query_batch`` / ``model.encode_candidate_batch``), then all-gathers the
+  candidate encodings, so each query is scored against the *global* candidate pool by
+  ``model.score_matrix`` (the same ``B x (B + B*h)`` score matrix, row-sliced); this works for
+  every model with ``supports_in_batch_negatives``; the others (cross-encoders) score each
+  query's own group, which needs nothing from other ranks;
 * each rank's loss is the mean over its ``b`` rows; DDP averages gradients over ranks, so the
   update is the gradient of the mean over all ``B`` rows;
 * the gather's backward sums the candidate gradients from every rank (all-reduce) before
@@ -23,15 +26,13 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from .batches import MatchingBatch
 from .losses import in_batch_negatives_loss, same_query_mask
-
-if TYPE_CHECKING:
-    from .trainer import MatchingBatch
 
 logger = logging.getLogger(__name__)
 
@@ -214,17 +215,40 @@ def global_candidate_order(world: int, local_queries: int, hard_negatives: int) 
     return torch.cat(positives + negatives)
 
 
-def supports_gathered_scoring(model: Any) -> bool:
-    """Whether ``model`` exposes the split encode/score API the global in-batch step needs."""
-    return all(
-        callable(getattr(model, name, None))
-        for name in (
-            "encode_queries_torch",
-            "encode_candidates_torch",
-            "head_vectors",
-            "similarity",
-        )
-    )
+def pad_to(tensor: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """``tensor`` zero-padded (False for bool) at the end of every dim after the first up to
+    ``shape[1:]``; differentiable."""
+    if tuple(tensor.shape[1:]) == tuple(int(s) for s in shape[1:]):
+        return tensor
+    out = tensor.new_zeros((tensor.shape[0], *(int(s) for s in shape[1:])))
+    out[tuple(slice(0, n) for n in tensor.shape)] = tensor
+    return out
+
+
+def gather_candidate_batch(parts: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor | None, ...]:
+    """Every rank's candidate encodings, concatenated along dim 0 in rank order.
+
+    Each tensor is first zero-padded to the largest size any rank has in each later dim (token
+    states of different lengths; their masks pad with False), then all-gathered; float tensors
+    keep their gradients (:func:`all_gather_with_grad`). ``None`` parts stay ``None``.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tuple(parts)
+    out: list[torch.Tensor | None] = []
+    for part in parts:
+        if part is None:
+            out.append(None)
+            continue
+        sizes = torch.tensor(part.shape, device=part.device)
+        dist.all_reduce(sizes, op=dist.ReduceOp.MAX)
+        padded = pad_to(part, sizes.tolist())
+        if padded.is_floating_point():
+            out.append(all_gather_with_grad(padded))
+        else:
+            gathered = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, padded.contiguous())
+            out.append(torch.cat(gathered))
+    return tuple(out)
 
 
 def gathered_in_batch_loss(model: Any, batch: MatchingBatch) -> torch.Tensor:
@@ -235,26 +259,25 @@ def gathered_in_batch_loss(model: Any, batch: MatchingBatch) -> torch.Tensor:
     mean cross-entropy.
 
     Args:
-        model: a :class:`~mixencoder.MixEncoder` (anything with its split encode/score API).
+        model: a model with ``supports_in_batch_negatives`` (its ``encode_query_batch``,
+            ``encode_candidate_batch`` and ``score_matrix``).
         batch: this rank's slice of the global batch (see ``collate_matching(rows=...)``).
     """
-    if not supports_gathered_scoring(model):
+    if not model.supports_in_batch_negatives:
         raise ValueError(
-            f"{type(model).__name__} cannot share in-batch negatives across ranks: it lacks "
-            "encode_queries_torch/encode_candidates_torch/head_vectors/similarity. Set "
-            "supports_in_batch_negatives = False and implement forward_grouped instead."
+            f"{type(model).__name__} does not support in-batch negatives; it is trained on "
+            "each query's own group (forward_grouped), which needs no gathering"
         )
     world = dist.get_world_size() if dist.is_initialized() else 1
-    query = model.encode_queries_torch(**batch.queries)
-    e0, pooled = model.encode_candidates_torch(**batch.candidates)
-    b = query.mask.shape[0]
-    order = global_candidate_order(world, b, batch.hard_negatives).to(e0.device)
-    e0_all = all_gather_with_grad(e0)[order]
-    pooled_all = all_gather_with_grad(pooled)[order]
-    h, e = model.head_vectors(
-        query, e0_all.unsqueeze(0).expand(b, -1, -1, -1), pooled_all.unsqueeze(0)
+    query = model.encode_query_batch(batch.queries)
+    candidates = model.encode_candidate_batch(batch.candidates)
+    rows_here = next(c for c in candidates if c is not None).shape[0]  # b + b*h
+    b = rows_here // (1 + batch.hard_negatives)
+    order = global_candidate_order(world, b, batch.hard_negatives)
+    gathered = tuple(
+        None if c is None else c[order.to(c.device)] for c in gather_candidate_batch(candidates)
     )
-    scores = model.similarity(h, e)  # (b, B + B*h): this rank's rows of the global matrix
+    scores = model.score_matrix(query, gathered)  # (b, B + B*h): this rank's rows of the global matrix
     rows = slice(batch.first_row, batch.first_row + b)
     mask = same_query_mask(
         scores.shape[1], batch.query_ids, batch.positive_ids, device=scores.device

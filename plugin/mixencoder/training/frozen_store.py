@@ -45,10 +45,12 @@ FIRST_STAGE_WEIGHT = 2.5
 class StoreBackedTrainee(nn.Module):
     """What the trainer trains: a MixEncoder's query side over candidates gathered from a store.
 
-    It has the trainer's model API (``tokenize_queries``, ``tokenize_candidates``, ``forward``,
-    ``config``, ``save_pretrained``, ``load_state_dict``); its "candidate texts" are docids,
-    tokenised into rows of a table of the store's reps. The table is not a parameter and is
-    not saved: it is the store's.
+    It has the trainer's model API (the training half of
+    :class:`~mixencoder.models.RankingModel`: its capabilities, ``tokenize_queries``,
+    ``tokenize_candidates``, ``encode_query_batch``/``encode_candidate_batch``/``score_matrix``,
+    ``config``, ``save_pretrained``, ``load_state_dict``), so it also trains data-parallel; its
+    "candidate texts" are docids, tokenised into rows of a table of the store's reps. The table
+    is not a parameter and is not saved: it is the store's.
 
     Args:
         model: a MixEncoder with ``separate_query_encoder=True`` (see
@@ -62,6 +64,10 @@ class StoreBackedTrainee(nn.Module):
         query_ids: with ``first_stage``, each training query's text -> its id (the trainer hands
             the model query texts; the id finds the query's first-stage scores).
     """
+
+    supports_in_batch_negatives = True
+    supports_distillation = False
+    num_labels = 0
 
     def __init__(
         self,
@@ -125,18 +131,36 @@ class StoreBackedTrainee(nn.Module):
             raise KeyError(f"{len(unknown)} training docids were not gathered from the store: {unknown[:5]}")
         return {"rows": torch.tensor([self.rows[d] for d in docids], dtype=torch.long)}
 
-    def forward(self, queries: dict[str, Any], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+    @property
+    def query_max_length(self) -> int:
+        return self.model.query_max_length
+
+    @property
+    def candidate_max_length(self) -> int:
+        return self.model.candidate_max_length
+
+    def encode_query_batch(self, queries: dict[str, Any]) -> tuple[Any, list[str]]:
+        """``(the model's query encoding, the queries' ids)`` (ids: fusion-aware training)."""
+        tokens = {"input_ids": queries["input_ids"], "attention_mask": queries["attention_mask"]}
+        return self.model.encode_query_batch(tokens), list(queries.get("query_ids", []))
+
+    def encode_candidate_batch(self, candidates: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
+        """``(stored E0 (C, k, d), stored pooled (C, d) or None, table rows (C,))``."""
         rows = candidates["rows"]
-        query_ids = queries.get("query_ids", [])
-        query = self.model.encode_queries_torch(queries["input_ids"], queries["attention_mask"])
-        e0 = self.vectors[rows].to(self.device)
-        pooled = None if self.pooled is None else self.pooled[rows].to(self.device).unsqueeze(0)
-        b = query.mask.shape[0]
-        h, e = self.model.head_vectors(query, e0.unsqueeze(0).expand(b, -1, -1, -1), pooled)
-        scores = self.model.similarity(h, e)
+        pooled = None if self.pooled is None else self.pooled[rows].to(self.device)
+        return self.vectors[rows].to(self.device), pooled, rows.to(self.device)
+
+    def score_matrix(self, query_batch: tuple[Any, list[str]], candidate_batch: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
+        """The model's ``(B, C)`` scores, plus the weighted first-stage scores when fusion-aware."""
+        query, query_ids = query_batch
+        e0, pooled, rows = candidate_batch
+        scores = self.model.score_matrix(query, (e0, pooled))
         if self.first_stage_weight is not None:
             scores = scores + self.first_stage_weight * self._first_stage_matrix(query_ids, rows).to(scores.device)
         return scores
+
+    def forward(self, queries: dict[str, Any], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.score_matrix(self.encode_query_batch(queries), self.encode_candidate_batch(candidates))
 
     def _first_stage_matrix(self, query_ids: Sequence[str], rows: torch.Tensor) -> torch.Tensor:
         """``(B, C)``: each candidate's normalised first-stage score for each query (0 if absent)."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Hashable, Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 
@@ -147,22 +146,3 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n):
         raise ValueError(f"labels must lie in [0, {n}); got {labels.tolist()[:10]}")
     return F.cross_entropy(logits.float(), labels.long())
-
-
-class InBatchNegativesLoss(nn.Module):
-    """Module form of :func:`in_batch_negatives_loss`."""
-
-    def forward(
-        self,
-        scores: torch.Tensor,
-        query_ids: Sequence[Hashable | None] | None = None,
-        positive_ids: Sequence[Hashable | None] | None = None,
-    ) -> torch.Tensor:
-        return in_batch_negatives_loss(scores, query_ids, positive_ids)
-
-
-class ClassificationLoss(nn.Module):
-    """Module form of :func:`classification_loss`."""
-
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return classification_loss(logits, labels)

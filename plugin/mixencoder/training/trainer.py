@@ -42,7 +42,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -51,7 +51,10 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..models import MixEncoder
+from ..models.base import RankingModel
+from ..models.text import show_progress
+from . import distributed as D
+from .batches import Batch, MatchingBatch, PairBatch
 from .checkpoint import (
     TrainerState,
     checkpoint_dir,
@@ -60,7 +63,6 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from . import distributed as D
 from .config import TrainingConfig
 from .examples import MatchingExample, PairExample
 from .losses import classification_loss, grouped_loss, in_batch_negatives_loss
@@ -68,46 +70,6 @@ from .losses import classification_loss, grouped_loss, in_batch_negatives_loss
 logger = logging.getLogger(__name__)
 
 FINAL_NAME = "final"
-
-
-@dataclass
-class MatchingBatch:
-    """A tokenised matching batch (or one rank's slice of a global batch).
-
-    Attributes:
-        queries: :meth:`MixEncoder.tokenize_queries` output for this batch's b queries.
-        candidates: the tokenised candidates. In-batch layout (``group_size == 0``): the b
-            positives, then each query's h hard negatives in query order (``b + b*h``).
-            Grouped layout (``group_size == 1 + h``): query i's positive then its h negatives,
-            at rows ``i*group_size .. (i+1)*group_size - 1``.
-        query_ids: per query of the *global* batch, its id (or its text) for same-query
-            masking.
-        positive_ids: per query of the global batch, its positive's id (or text).
-        hard_negatives: h, hard negatives per query.
-        group_size: 0 for the in-batch layout, else ``1 + h`` (grouped layout).
-        first_row: index of this batch's first query in the global batch (0 unless the batch is
-            a data-parallel rank's slice).
-    """
-
-    queries: dict[str, torch.Tensor]
-    candidates: dict[str, torch.Tensor]
-    query_ids: list[str]
-    positive_ids: list[str]
-    hard_negatives: int = 0
-    group_size: int = 0
-    first_row: int = 0
-
-
-@dataclass
-class PairBatch:
-    """A tokenised pair-classification batch (premises as queries, hypotheses as candidates)."""
-
-    queries: dict[str, torch.Tensor]
-    candidates: dict[str, torch.Tensor]
-    labels: torch.Tensor
-
-
-Batch = Union[MatchingBatch, PairBatch]
 
 
 @dataclass
@@ -220,18 +182,13 @@ def collate_matching(
     )
 
 
-def collate_pairs(model: MixEncoder, examples: Sequence[PairExample]) -> PairBatch:
+def collate_pairs(model: RankingModel, examples: Sequence[PairExample]) -> PairBatch:
     """Tokenises pair examples: premises as queries, hypotheses as candidates."""
     return PairBatch(
         queries=model.tokenize_queries([ex.premise for ex in examples]),
         candidates=model.tokenize_candidates([ex.hypothesis for ex in examples]),
         labels=torch.tensor([ex.label for ex in examples], dtype=torch.long, device=model.device),
     )
-
-
-def supports_in_batch_negatives(model: Any) -> bool:
-    """False for models that score a query only against its own candidates (cross-encoders)."""
-    return bool(getattr(_unwrap(model), "supports_in_batch_negatives", True))
 
 
 def batch_loss(model: Any, batch: Batch) -> torch.Tensor:
@@ -243,11 +200,6 @@ def batch_loss(model: Any, batch: Batch) -> torch.Tensor:
     """
     if isinstance(batch, MatchingBatch):
         if batch.group_size:
-            if not callable(getattr(model, "forward_grouped", None)):
-                raise TypeError(
-                    f"{type(model).__name__} sets supports_in_batch_negatives=False but has no "
-                    "forward_grouped(q_tok, c_tok, group_size) method"
-                )
             b = next(iter(batch.queries.values())).shape[0]
             scores = model.forward_grouped(batch.queries, batch.candidates, batch.group_size)
             if tuple(scores.shape) != (b, batch.group_size):
@@ -282,7 +234,7 @@ def train_step(model: nn.Module, batch: Batch) -> torch.Tensor:
     """One batch's loss (no backward, no optimizer): what a data-parallel worker computes.
 
     Args:
-        model: a :class:`MixEncoder` (or any model with the trainer's API), a
+        model: a :class:`~mixencoder.models.RankingModel` (or any model with its training API), a
             :class:`LossModule`, or a DistributedDataParallel wrapping a LossModule (then the
             forward pass runs through DDP).
         batch: a :class:`MatchingBatch` or :class:`PairBatch`.
@@ -290,7 +242,7 @@ def train_step(model: nn.Module, batch: Batch) -> torch.Tensor:
     Returns:
         The scalar float32 loss of this process's rows (the mean over them).
     """
-    if isinstance(model, LossModule) or isinstance(getattr(model, "module", None), LossModule):
+    if isinstance(model, (LossModule, DistributedDataParallel)):
         return model(batch)
     return batch_loss(model, batch)
 
@@ -329,7 +281,7 @@ def distillation_term(model: Any, teacher: nn.Module, batch: MatchingBatch) -> t
 
 
 def build_optimizer(
-    model: nn.Module, config: TrainingConfig
+    model: RankingModel, config: TrainingConfig
 ) -> tuple[torch.optim.AdamW, list[str]]:
     """AdamW with weight decay on weight matrices only.
 
@@ -344,7 +296,7 @@ def build_optimizer(
     for module in model.modules():
         if isinstance(module, nn.LayerNorm):
             no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
-    fresh = set(getattr(model, "new_parameter_names", lambda: ())())
+    fresh = set(model.new_parameter_names())
     # (decay?, fresh?) -> names; fixed group order so a checkpoint's state maps back by name.
     buckets: dict[tuple[bool, bool], list[tuple[str, nn.Parameter]]] = {
         key: [] for key in ((True, False), (False, False), (True, True), (False, True))
@@ -385,13 +337,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` -> CUDA if available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def resolve_precision(mixed_precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype (``torch.bfloat16``) or ``None`` for plain fp32."""
     bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -411,7 +356,7 @@ def resolve_precision(mixed_precision: str, device: torch.device) -> torch.dtype
 
 
 def train(
-    model: MixEncoder,
+    model: RankingModel,
     examples: Sequence[MatchingExample] | Sequence[PairExample],
     config: TrainingConfig,
     *,
@@ -482,7 +427,7 @@ def train(
 
 
 def _train(
-    model: MixEncoder,
+    model: RankingModel,
     examples: Sequence[MatchingExample] | Sequence[PairExample],
     config: TrainingConfig,
     *,
@@ -501,7 +446,7 @@ def _train(
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device) if device is not None else D.default_device(ctx)
     autocast_dtype = resolve_precision(config.mixed_precision, dev)
-    grouped = config.task == "matching" and not supports_in_batch_negatives(model)
+    grouped = config.task == "matching" and not model.supports_in_batch_negatives
 
     n = len(examples)
     per_epoch = batches_per_epoch(n, config.batch_size)
@@ -559,7 +504,7 @@ def _train(
     distill_losses: list[float] = []
     recent: deque[float] = deque(maxlen=50)
     stopped = "completed"
-    show = _show_progress(show_progress_bar) and ctx.is_main
+    show = show_progress(show_progress_bar) and ctx.is_main
     params = [p for group in optimizer.param_groups for p in group["params"]]
     model.train()
     start = time.monotonic()
@@ -693,9 +638,9 @@ def _validate(
         if bad is not None:
             raise ValueError(f"task='matching' needs MatchingExample, got {type(bad).__name__}")
         h = config.hard_negatives_per_query
-        if not supports_in_batch_negatives(model) and h < 1:
+        if not model.supports_in_batch_negatives and h < 1:
             raise ValueError(
-                f"{type(_unwrap(model)).__name__} does not support in-batch negatives "
+                f"{type(model).__name__} does not support in-batch negatives "
                 "(supports_in_batch_negatives=False): it is trained on each query's own "
                 "positive and hard negatives, so hard_negatives_per_query must be >= 1, got "
                 f"{h}"
@@ -719,7 +664,7 @@ def _validate(
         bad = next((e for e in examples if not isinstance(e, PairExample)), None)
         if bad is not None:
             raise ValueError(f"task='nli' needs PairExample, got {type(bad).__name__}")
-        num_labels = _unwrap(model).config.num_labels
+        num_labels = model.num_labels
         if not num_labels:
             raise ValueError(
                 "task='nli' needs a classifier head: build the model with num_labels=3"
@@ -740,32 +685,28 @@ def _validate_teacher(
                 "(on resume too: the teacher is not checkpointed), or set it to 0"
             )
         return
-    name = type(_unwrap(model)).__name__
+    name = type(model).__name__
     if config.task != "matching":
         raise ValueError(f"a teacher only applies to task='matching', got task={config.task!r}")
-    if not callable(getattr(_unwrap(model), "distillation_loss", None)):
+    if not model.supports_distillation:
         raise ValueError(
-            f"a teacher was given but {name} has no distillation_loss(teacher, queries, "
-            "candidates) method (only VIRT distills from a teacher)"
+            f"a teacher was given but {name} does not distill from one "
+            "(supports_distillation=False; VIRT does)"
         )
     if not w > 0:
         raise ValueError(
             "a teacher was given but distillation_weight is 0: set TrainingConfig("
             "distillation_weight=lambda > 0) (the teacher would otherwise be ignored)"
         )
-    if teacher is _unwrap(model):
+    if teacher is model:
         raise ValueError("the teacher must be a separate model, not the model being trained")
     if ctx is not None and ctx.distributed:
         raise ValueError(
             "teacher distillation is single-process only; run without torchrun (or on one rank)"
         )
     # The teacher reads the concatenated pair ([CLS] q [SEP] c [SEP]): it must fit its positions.
-    cfg = getattr(_unwrap(model), "config", None)
-    max_pos = getattr(getattr(getattr(teacher, "backbone", None), "config", None),
-                      "max_position_embeddings", None)
-    q_len = getattr(cfg, "query_max_length", None)
-    c_len = getattr(cfg, "candidate_max_length", None)
-    if None not in (max_pos, q_len, c_len) and q_len + c_len - 1 > max_pos:
+    max_pos, q_len, c_len = teacher.max_positions, model.query_max_length, model.candidate_max_length
+    if q_len + c_len - 1 > max_pos:
         raise ValueError(
             f"query_max_length + candidate_max_length - 1 = {q_len + c_len - 1} tokens exceed "
             f"the teacher's {max_pos} positions; shorten the student's max lengths"
@@ -774,7 +715,8 @@ def _validate_teacher(
 
 def _unwrap(model: nn.Module) -> Any:
     """The trained model inside DDP and/or :class:`LossModule` wrappers."""
-    model = getattr(model, "module", model)  # DistributedDataParallel
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
     return model.model if isinstance(model, LossModule) else model
 
 
@@ -787,6 +729,3 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 
-
-def _show_progress(flag: bool | None) -> bool:
-    return logger.getEffectiveLevel() <= logging.INFO if flag is None else flag
