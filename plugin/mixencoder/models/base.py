@@ -103,11 +103,7 @@ class Scorer(Protocol):
         ...
 
     def encode_candidates(
-        self,
-        texts: Sequence[str],
-        *,
-        batch_size: int = 32,
-        show_progress_bar: bool | None = None,
+        self, texts: Sequence[str], *, batch_size: int = 32, show_progress_bar: bool | None = None,
         bucket_by_length: bool = True,
     ) -> CandidateReps:
         """Offline: encode candidate texts into storable reps, in input order (batched by
@@ -393,7 +389,7 @@ class RankingModel(nn.Module):
 
     @staticmethod
     def _one_vector_batch(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``_encode_candidate_batch`` of a one-vector model, from its ``(b, d)`` vectors."""
+        """``_candidate_reps_batch`` of a one-vector model, from its ``(b, d)`` vectors."""
         return v.unsqueeze(1), torch.ones(v.shape[0], dtype=torch.int64), v
 
     def _one_vector_fingerprint(self, pooling: str) -> dict[str, Any]:

@@ -12,8 +12,30 @@ Similarity = Literal["dot", "cosine"]
 Mixing = Literal["linear", "scalar"]
 
 
+class DictConfig:
+    """``to_dict``/``from_dict`` of a config dataclass, as ``config.json`` stores it."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of every field."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        """The inverse of :meth:`to_dict`; unknown keys are an error (likely a typo)."""
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(known)}")
+        return cls(**{**cls._saved_defaults(), **data})
+
+    @classmethod
+    def _saved_defaults(cls) -> dict[str, Any]:
+        """Values of fields that a config saved before they existed must load with."""
+        return {}
+
+
 @dataclass
-class MixEncoderConfig:
+class MixEncoderConfig(DictConfig):
     """Configuration of a :class:`~mixencoder.MixEncoder`.
 
     Attributes:
@@ -109,21 +131,14 @@ class MixEncoderConfig:
             )
         return layers
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MixEncoderConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown MixEncoderConfig fields {unknown}; known: {sorted(known)}")
+    def _saved_defaults(cls) -> dict[str, Any]:
         # Configs saved before ``mixing`` existed mixed by scalars (their weights hold alpha/beta).
-        return cls(**{"mixing": "scalar", **data})
+        return {"mixing": "scalar"}
 
 
 @dataclass
-class BaselineConfig:
+class BaselineConfig(DictConfig):
     """Fields every baseline has (a subclass adds its own).
 
     Attributes:
@@ -147,14 +162,3 @@ class BaselineConfig:
             value = getattr(self, name, None)
             if value is not None and value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BaselineConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(known)}")
-        return cls(**data)

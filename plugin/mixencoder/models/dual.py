@@ -62,11 +62,7 @@ class DualEncoder(RankingModel):
         return {**self.encoder.candidate_fingerprint(), "model_type": self.MODEL_TYPE}
 
     def encode_candidates(
-        self,
-        texts: Sequence[str],
-        *,
-        batch_size: int = 32,
-        show_progress_bar: bool | None = None,
+        self, texts: Sequence[str], *, batch_size: int = 32, show_progress_bar: bool | None = None,
         bucket_by_length: bool = True,
     ) -> CandidateReps:
         # The keyword only when it differs from the default: a caching wrapper around the

@@ -185,8 +185,11 @@ def load_saved(
     config = config_class.from_dict(data["config"])
     bcfg = dict(config.backbone_config)
     backbone_type = bcfg.pop("model_type")
-    backbone = AutoModel.from_config(AutoConfig.for_model(backbone_type, **bcfg), add_pooling_layer=False)
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    backbone_config = AutoConfig.for_model(backbone_type, **bcfg)
+    backbone = AutoModel.from_config(backbone_config, add_pooling_layer=False)
+    # Given the backbone's config, the tokenizer does not read config.json, whose model_type
+    # ("virt", ...) transformers would warn is not a type it knows.
+    tokenizer = AutoTokenizer.from_pretrained(str(path), config=backbone_config)
     model = factory(config, backbone, tokenizer)
     load_weights(model, path / WEIGHTS_FILE)
     return model.eval()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from ..models.config import DictConfig
 
 Task = Literal["matching", "nli"]
 MixedPrecision = Literal["auto", "bf16", "fp32"]
@@ -15,7 +16,7 @@ RUNTIME_FIELDS = frozenset({"max_seconds", "checkpoint_every"})
 
 
 @dataclass
-class TrainingConfig:
+class TrainingConfig(DictConfig):
     """How to train a :class:`~mixencoder.MixEncoder`.
 
     Defaults suit the small bundled backbone (all-MiniLM-L6-v2) on a CPU. The paper (A.1, A.3)
@@ -118,19 +119,6 @@ class TrainingConfig:
             raise ValueError(
                 f"mixed_precision must be 'auto', 'bf16' or 'fp32', got {self.mixed_precision!r}"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of every field."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
-        """The inverse of :meth:`to_dict`; unknown keys are an error (likely a typo)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainingConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**data)
 
     def identity(self) -> dict[str, Any]:
         """The fields that shape the trained weights (what a resumed run must keep)."""
