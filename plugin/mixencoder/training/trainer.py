@@ -12,12 +12,13 @@ batch, in-batch negatives are gathered from all ranks (:mod:`.distributed`), and
 and updates equal single-process training on the same global batch. Rank 0 logs and writes
 checkpoints; every rank loads one to resume (a checkpoint resumes with any number of ranks).
 
-Models that cannot score all query-candidate pairs of a batch (cross-encoders) set
-``supports_in_batch_negatives = False`` and implement ``forward_grouped(q_tok, c_tok,
-group_size) -> (B, group_size)``: each query is scored against its own positive (column 0) and
-its ``hard_negatives_per_query`` hard negatives.
+The trainer reads a model's capabilities (:class:`~mixencoder.models.RankingModel`) and never
+probes for methods. Models that cannot score all query-candidate pairs of a batch
+(cross-encoders) declare ``supports_in_batch_negatives = False`` and are trained through
+``forward_grouped(q_tok, c_tok, group_size) -> (B, group_size)``: each query is scored against
+its own positive (column 0) and its ``hard_negatives_per_query`` hard negatives.
 
-Teacher distillation (VIRT): ``train(..., teacher=cross_encoder)`` with
+Teacher distillation (``supports_distillation``: VIRT): ``train(..., teacher=cross_encoder)`` with
 ``TrainingConfig.distillation_weight = lambda > 0`` adds ``lambda x model.distillation_loss(
 teacher, queries, candidates)`` to every matching step's loss, over the pairs of
 :func:`distillation_pairs` (each query with its positive and its hard negatives). The teacher is
@@ -394,7 +395,7 @@ def train(
             trained :class:`~mixencoder.models.cross.CrossEncoder` for a
             :class:`~mixencoder.models.virt.VIRT` student: each step's loss becomes ``loss +
             config.distillation_weight x model.distillation_loss(teacher, ...)`` over
-            :func:`distillation_pairs`. The model must have ``distillation_loss`` and
+            :func:`distillation_pairs`. The model must have ``supports_distillation`` and
             ``distillation_weight`` must be > 0. The teacher is frozen here (moved to the
             device, eval mode, ``requires_grad_(False)``) and is *not* checkpointed: resume with
             the same teacher (a resumed run without one is refused, since its checkpointed
