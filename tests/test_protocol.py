@@ -95,7 +95,11 @@ def test_capabilities_are_declared_with_their_types(make, kind):
     model = make(kind)
     assert isinstance(model, RankingModel)
     assert model.search_metric in ("ip", "cosine")
-    for flag in (model.needs_pooled, model.supports_in_batch_negatives, model.supports_distillation):
+    flags = (
+        model.needs_pooled, model.encodes_pooled, model.supports_dense_search,
+        model.supports_in_batch_negatives, model.supports_distillation,
+    )
+    for flag in flags:
         assert isinstance(flag, bool)
     assert model.supports_distillation == (kind == "virt")
     assert model.supports_in_batch_negatives == (kind not in ("cross", "deformer"))
@@ -107,6 +111,21 @@ def test_capabilities_are_declared_with_their_types(make, kind):
     assert (model.query_max_length, model.candidate_max_length) == (
         model.config.query_max_length, model.config.candidate_max_length
     )
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_declared_pooled_and_dense_search_match_what_the_model_does(make, kind):
+    model = make(kind)
+    for scorer in (model, model.ablated()) if model.ablated() is not None else (model,):
+        reps = scorer.encode_candidates(DOCS[:2])
+        assert scorer.encodes_pooled == (reps.pooled is not None)
+        assert not scorer.needs_pooled or scorer.encodes_pooled
+        if scorer.supports_dense_search:
+            queries = scorer.encode_queries_pooled(["lobster", "rain"])
+            assert queries.shape == (2, reps.pooled.shape[1])
+        else:
+            with pytest.raises(NotImplementedError, match="dense first-stage search"):
+                scorer.encode_queries_pooled(["lobster"])
 
 
 @pytest.mark.parametrize("kind", [k for k in KINDS if k not in ("cross", "deformer")])

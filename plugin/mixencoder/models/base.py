@@ -148,6 +148,9 @@ class RankingModel(nn.Module):
     * ``search_metric``: how the store's FAISS copy of ``CandidateReps.pooled`` is searched,
       ``"ip"`` or ``"cosine"``;
     * ``needs_pooled``: ``score`` reads ``reps.pooled`` (its store needs pooled vectors);
+    * ``encodes_pooled``: ``encode_candidates`` fills ``reps.pooled`` (a store can keep them);
+    * ``supports_dense_search``: ``encode_queries_pooled`` gives query vectors matching
+      ``reps.pooled``, so a store of this model can serve dense first-stage search;
     * ``supports_in_batch_negatives``: ``forward(q, c) -> (B, C)`` is affordable for a whole
       batch, and the in-batch methods exist (so DDP can share negatives across ranks);
     * ``supports_distillation``: ``distillation_loss(teacher, ...)`` exists (VIRT);
@@ -168,6 +171,8 @@ class RankingModel(nn.Module):
 
     search_metric: str = "ip"
     needs_pooled: bool = False
+    encodes_pooled: bool = False
+    supports_dense_search: bool = False
     supports_in_batch_negatives: bool = True
     supports_distillation: bool = False
 

@@ -64,6 +64,8 @@ class BiEncoder(RankingModel):
     """
 
     MODEL_TYPE = "dual"
+    encodes_pooled = True
+    supports_dense_search = True
     CONFIG_CLASS = BiEncoderConfig
 
     @property

@@ -35,6 +35,8 @@ class DualEncoder(RankingModel):
     """
 
     MODEL_TYPE = "dual"
+    encodes_pooled = True
+    supports_dense_search = True
     supports_in_batch_negatives = False
 
     def __init__(self, encoder: MixEncoder | None = None, *, similarity: str = "cosine", scale: float = 20.0):

@@ -131,6 +131,8 @@ class MixEncoder(RankingModel):
     """
 
     MODEL_TYPE = "mixencoder"
+    encodes_pooled = True
+    supports_dense_search = True
     CONFIG_CLASS = MixEncoderConfig
 
     def __init__(self, config: MixEncoderConfig, backbone: nn.Module, tokenizer: Any):

@@ -58,6 +58,7 @@ class PolyEncoder(RankingModel):
     """
 
     MODEL_TYPE = "poly"
+    encodes_pooled = True
     CONFIG_CLASS = PolyEncoderConfig
 
     def __init__(self, config: PolyEncoderConfig, backbone: nn.Module, tokenizer: Any):

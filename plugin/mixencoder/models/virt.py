@@ -166,6 +166,8 @@ class VIRT(RankingModel):
     """
 
     MODEL_TYPE = "virt"
+    encodes_pooled = True
+    supports_dense_search = True
     CONFIG_CLASS = VIRTConfig
     supports_distillation = True
 
