@@ -234,17 +234,36 @@ def kind_config() -> TrainingConfig:
     return ddp_config(max_steps=KIND_STEPS, checkpoint_every=0)
 
 
+STORE_DOCS = {f"d{i}": f"the {w} of the city and its bread number {i}" for i, w in enumerate("abcdefgh")}
+STORE_EXAMPLES = [
+    MatchingExample(f"what is {w}", f"d{i}", (f"d{(i + 3) % 8}",), query_id=f"q{i}") for i, w in enumerate("abcdefgh")
+]
+FIRST_STAGE = {f"q{i}": {f"d{i}": 3.0, f"d{(i + 3) % 8}": 1.0, f"d{(i + 1) % 8}": 2.0} for i in range(8)}
+
+
+def _train_on_store(model_dir: Path | str, store_dir: Path | str, out_dir: Path | str) -> Any:
+    """Fusion-aware training of a MixEncoder's query side on a frozen store (docids as texts)."""
+    from mixencoder import CandidateStore
+    from mixencoder.training.frozen_store import train_on_store
+
+    return train_on_store(
+        MixEncoder.from_pretrained(model_dir), CandidateStore.open(store_dir), STORE_EXAMPLES, kind_config(),
+        output_dir=out_dir, first_stage=FIRST_STAGE, show_progress_bar=False,
+    )
+
+
 def _kinds_worker(rank: int, ports: Sequence[int], model_dirs: dict[str, str], out_dir: str) -> None:
-    """One rank: train every kind in turn, each under its own process group (torchrun env)."""
+    """One rank: train every kind in turn, then a MixEncoder on a frozen store (model_dirs'
+    "store-model" and "store"), each under its own process group (torchrun env)."""
     from safetensors.torch import save_file
 
     torch.set_num_threads(1)
     os.environ.update(
         MASTER_ADDR="127.0.0.1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD)
     )
-    for port, (kind, model_dir) in zip(ports, model_dirs.items()):
+    for port, kind in zip(ports, KINDS):
         os.environ["MASTER_PORT"] = str(port)
-        model = load_model(model_dir)
+        model = load_model(model_dirs[kind])
         result = train(
             model, matching_examples(), kind_config(), output_dir=str(Path(out_dir, kind)),
             device="cpu", show_progress_bar=False,
@@ -254,20 +273,31 @@ def _kinds_worker(rank: int, ports: Sequence[int], model_dirs: dict[str, str], o
             {k: v.contiguous() for k, v in model.state_dict().items()},
             str(Path(out_dir, f"{kind}-rank{rank}.safetensors")),
         )
+    os.environ["MASTER_PORT"] = str(ports[-1])
+    result = _train_on_store(model_dirs["store-model"], model_dirs["store"], Path(out_dir, "store-run"))
+    Path(out_dir, f"store-rank{rank}.json").write_text(json.dumps(result.losses))
 
 
 @pytest.fixture(scope="module")
 def kind_runs(no_dropout_backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], Path]:
-    """Each kind saved untrained, and the directory of one 2-rank run that trained them all."""
+    """Each kind saved untrained (and a MixEncoder with its store), and the directory of one
+    2-rank run that trained them all."""
+    from mixencoder import CandidateStore
+
     assert set(KINDS) == set(MODEL_TYPES)
     dirs = {}
     for kind, fields in KINDS.items():
         dirs[kind] = tmp_path_factory.mktemp(f"untrained-{kind}")
         load_model(no_dropout_backbone, model_type=kind, **fields).save_pretrained(dirs[kind])
+    dirs["store-model"] = tmp_path_factory.mktemp("store-model")
+    split = MixEncoder.from_pretrained(no_dropout_backbone, candidate_max_length=48).with_separate_query_encoder()
+    split.save_pretrained(dirs["store-model"])
+    dirs["store"] = tmp_path_factory.mktemp("frozen") / "store"
+    CandidateStore.build(dirs["store"], split, STORE_DOCS.items(), show_progress_bar=False)
     out = tmp_path_factory.mktemp("ddp-kinds")
     mp.spawn(
         _kinds_worker,
-        args=([_free_port() for _ in KINDS], {k: str(d) for k, d in dirs.items()}, str(out)),
+        args=([_free_port() for _ in range(len(KINDS) + 1)], {k: str(d) for k, d in dirs.items()}, str(out)),
         nprocs=WORLD,
         join=True,
     )
@@ -304,6 +334,24 @@ def test_every_kind_trains_data_parallel_as_one_process(kind_runs, kind: str, tm
         assert torch.equal(final[name], weights[0][name]), name
         moved += int(not torch.equal(initial[name], value))
     assert moved > 5  # training changed the weights, so the comparison is not vacuous
+
+
+def test_training_on_a_frozen_store_runs_data_parallel_as_one_process(kind_runs, tmp_path: Path) -> None:
+    dirs, out = kind_runs
+    single = _train_on_store(dirs["store-model"], dirs["store"], tmp_path)
+    losses = [json.loads((out / f"store-rank{r}.json").read_text()) for r in range(WORLD)]
+    assert losses[0] == losses[1] and len(losses[0]) == KIND_STEPS
+    # The stored candidates (and their first-stage scores) of both ranks are every query's negatives.
+    torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(single.losses), rtol=1e-5, atol=0)
+    ddp_final = MixEncoder.from_pretrained(out / "store-run" / "final")
+    single_final = MixEncoder.from_pretrained(tmp_path / "final")
+    assert ddp_final.candidate_fingerprint() == single_final.candidate_fingerprint()  # the store stays valid
+    moved = 0
+    initial = MixEncoder.from_pretrained(dirs["store-model"]).state_dict()
+    for name, value in single_final.state_dict().items():
+        torch.testing.assert_close(ddp_final.state_dict()[name], value, rtol=1e-4, atol=1e-3, msg=lambda m, name=name: f"{name}: {m}")
+        moved += int(not torch.equal(initial[name], value))
+    assert moved > 5
 
 
 # ---------------------------------------------------------------------- grouped scoring hook
