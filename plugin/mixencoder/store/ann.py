@@ -156,7 +156,9 @@ def build_ann_index(
     generation = store.generation
     final = store.path / f"{ANN_PREFIX}{generation:05d}"
     tmp = store.path / f"{TMP_PREFIX}{ANN_PREFIX}{generation:05d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    # Temp dirs of builds that were killed (any pid: only one process writes a store at a time).
+    for leftover in store.path.glob(f"{TMP_PREFIX}{ANN_PREFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
     tmp.mkdir()
     try:
         info = _write_ann_dir(tmp, index, store, name, nlist, nprobe, len(sample), seed,
