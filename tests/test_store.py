@@ -178,6 +178,23 @@ def test_open_is_memory_mapped_and_records_throughput(tmp_path: Path) -> None:
     assert opened.bytes_per_candidate(include_search_index=False) < opened.bytes_per_candidate()
 
 
+def test_rows_view_maps_docids_rows_and_vectors(tmp_path: Path) -> None:
+    model = FakeScorer()
+    docs = make_docs(13)
+    store = CandidateStore.build(tmp_path / "s", model, docs, shard_size=5, batch_size=2)
+    view = store.rows
+    assert [s.start for s in view.shards] == view.starts.tolist() == [0, 5, 10]
+    assert view.num_rows == len(store) == 13 and view.generation == 0
+    ids = ["d12", "d0", "d7", "nope"]
+    rows = view.rows_of(ids)
+    assert rows.tolist() == [12, 0, 7, -1]  # rows follow the build order, shard by shard
+    assert view.docids_of(rows[:3]) == ids[:3]
+    np.testing.assert_array_equal(view.pooled_of(rows[:3]), store.gather(ids[:3]).pooled.numpy())
+    store.add(model, make_docs(2, prefix="n"))
+    assert store.rows is not view and store.rows.generation == 1 and view.num_rows == 13
+    assert store.rows.rows_of(["n1"]).tolist() == [14]
+
+
 def test_missing_ids(tmp_path: Path) -> None:
     store = CandidateStore.build(tmp_path / "s", FakeScorer(), make_docs(10))
     assert "d3" in store and "nope" not in store and 3 not in store

@@ -130,13 +130,7 @@ class CandidateStore:
         """
         path = Path(path)
         check_positive_int("batch_size", batch_size)
-        params = BuildParams.checked(
-            model.candidate_fingerprint(),
-            shard_size=shard_size,
-            dtype=dtype,
-            with_pooled=with_pooled,
-            search_metric=model.search_metric if search_metric is None else search_metric,
-        )
+        params = BuildParams.for_model(model, shard_size, dtype, with_pooled, search_metric)
         it = iter(docs)
         begun = begin_build(path, mode, params, it)
         start = time.perf_counter()

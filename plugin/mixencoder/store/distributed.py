@@ -154,13 +154,7 @@ def build_store_distributed(
         raise ValueError(f"cpus_per_worker must be > 0, got {cpus_per_worker}")
 
     driver_model = load_model(model)
-    params = BuildParams.checked(
-        driver_model.candidate_fingerprint(),
-        shard_size=shard_size,
-        dtype=dtype,
-        with_pooled=with_pooled,
-        search_metric=driver_model.search_metric if search_metric is None else search_metric,
-    )
+    params = BuildParams.for_model(driver_model, shard_size, dtype, with_pooled, search_metric)
     del driver_model  # the actors hold the copies that do the work
     # Resume: the finished shards are a corpus prefix (the driver writes in order); the corpus
     # must still start with their docids, exactly as for the single-process build.

@@ -84,6 +84,20 @@ class BuildParams:
         )
 
     @classmethod
+    def for_model(
+        cls, model: Any, shard_size: Any, dtype: Any, with_pooled: Any, search_metric: Any
+    ) -> BuildParams:
+        """:meth:`checked` for a build by ``model``: its ``candidate_fingerprint()``, and its
+        ``search_metric`` where ``search_metric`` is None."""
+        return cls.checked(
+            model.candidate_fingerprint(),
+            shard_size=shard_size,
+            dtype=dtype,
+            with_pooled=with_pooled,
+            search_metric=model.search_metric if search_metric is None else search_metric,
+        )
+
+    @classmethod
     def of_manifest(cls, manifest: dict[str, Any]) -> BuildParams:
         """The parameters a finished store was built with."""
         return cls(
