@@ -393,6 +393,28 @@ def test_add_appends_and_rejects_duplicates(tmp_path: Path) -> None:
     assert len(CandidateStore.open(path)) == 16 and "new1" not in store and "n2" not in store
 
 
+def test_add_interrupted_after_its_commit_keeps_the_new_state(tmp_path: Path, monkeypatch) -> None:
+    """A failure in the clean-up after the manifest was replaced (e.g. Ctrl-C) must not delete
+    the shards that the committed manifest lists."""
+    from mixencoder.store import layout
+
+    model = FakeScorer()
+    path = tmp_path / "s"
+    store = CandidateStore.build(path, model, make_docs(6), shard_size=4)
+
+    def interrupted(*args: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(layout, "remove_unreferenced", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.add(model, make_docs(3, prefix="n"))
+    monkeypatch.undo()
+    reopened = CandidateStore.open(path)
+    assert len(reopened) == 9
+    assert_reps_match(reopened.gather(["n2", "d5"]), model, ["text of passage n2", "text of passage d5"])
+    reopened.verify()
+
+
 # --- dense search ------------------------------------------------------------------------------
 
 

@@ -337,7 +337,9 @@ class CandidateStore:
             stats = _throughput(seq.docs, time.perf_counter() - start)
             manifest = commit(self.path, params, old["shards"] + seq.entries, docs_per_s=None)
         except BaseException:
-            remove_unreferenced(self.path, old)
+            # Against the manifest on disk now (the old one, unless the failure came after the
+            # commit point): never deletes a shard that a committed manifest lists.
+            remove_unreferenced(self.path, read_manifest(self.path))
             raise
         self.rows = StoreRows.open(self.path, manifest)
         self._ann = None

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..models import load_model as load_saved_model
+from ..models import load_model
 from ..models.base import CandidateReps
 from ._io import encode_docids
 from .build import ShardSequence, begin_build
@@ -65,14 +65,14 @@ class _BuildPlan:
     threads: int
 
 
-def load_model(spec: ModelSpec) -> Any:
+def _load_spec(spec: ModelSpec) -> Any:
     """Instantiate the model a :data:`ModelSpec` describes, with
     :func:`mixencoder.models.load_model` (every saved model kind loads)."""
     if callable(spec):
         return spec()
     if spec is None:
-        return load_saved_model(None, model_type="mixencoder")
-    return load_saved_model(spec)
+        return load_model(None, model_type="mixencoder")
+    return load_model(spec)
 
 
 def build_store_distributed(
@@ -153,7 +153,7 @@ def build_store_distributed(
     if cpus_per_worker <= 0:
         raise ValueError(f"cpus_per_worker must be > 0, got {cpus_per_worker}")
 
-    driver_model = load_model(model)
+    driver_model = _load_spec(model)
     params = BuildParams.for_model(driver_model, shard_size, dtype, with_pooled, search_metric)
     del driver_model  # the actors hold the copies that do the work
     # Resume: the finished shards are a corpus prefix (the driver writes in order); the corpus
@@ -449,7 +449,7 @@ class _EncodeActor:
         # fight over the cores and run slower than the single-process build.
         torch.set_num_threads(plan.threads)
         self.plan = plan
-        self.model = load_model(model)
+        self.model = _load_spec(model)
         theirs = normalise_fingerprint(self.model.candidate_fingerprint())
         ours = plan.params.fingerprint
         if theirs != ours:
