@@ -172,13 +172,13 @@ class ShardSequence:
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        if self._writer is None:
-            return
-        if exc_type is None and self._writer.count:
-            self._finish()
-        else:
-            self._writer.abort()
-            self._writer = None
+        try:
+            if exc_type is None and self._writer is not None and self._writer.count:
+                self._finish()
+        finally:
+            if self._writer is not None:  # an error, or finishing the last shard failed
+                self._writer.abort()
+                self._writer = None
 
 
 def encode_into(
