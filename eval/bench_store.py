@@ -410,7 +410,7 @@ def _ensure_ann(store: CandidateStore, args: argparse.Namespace) -> dict[str, An
 
     nlist = args.nlist or default_nlist(len(store))
     try:
-        ann = open_ann_index(store)
+        ann = open_ann_index(store.rows)
         if ann.info["nlist"] == nlist:
             return ann.info
     except (FileNotFoundError, ValueError):

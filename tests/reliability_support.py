@@ -21,6 +21,8 @@ class HashScorer:
     Enough for store mechanics; the tests that need real encodings use the tiny MixEncoder.
     """
 
+    search_metric = "ip"
+
     def __init__(self, dim: int = 8, pooled_dim: int = 6, max_vectors: int = 4, seed: int = 0):
         self.dim, self.pooled_dim, self.max_vectors, self.seed = dim, pooled_dim, max_vectors, seed
 

@@ -79,6 +79,8 @@ def _store(
     path: Path, n: int = 3000, dim: int = 16, shard_size: int = 1000
 ) -> tuple[CandidateStore, Any]:
     class Model:
+        search_metric = "ip"
+
         def candidate_fingerprint(self) -> dict:
             return {"sha256": "ann-test"}
 

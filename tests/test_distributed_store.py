@@ -20,7 +20,9 @@ import compare_stores  # noqa: E402
 
 from mixencoder import CandidateStore, MixEncoder
 from mixencoder.data.corpus import read_corpus, write_jsonl_collection
+from mixencoder.models import load_model
 from mixencoder.models.base import CandidateReps
+from mixencoder.models.registry import build_system
 from mixencoder.store.distributed import build_store_distributed
 from mixencoder.store.shard import ShardWriter
 
@@ -165,6 +167,34 @@ def test_duplicate_docids_across_shards_are_named(
     # The finished shard stays for a resume; the unfinished one and the manifest do not exist.
     assert sorted(p.name for p in (tmp_path / "store").glob("shard-*")) == ["shard-00000"]
     assert not (tmp_path / "store" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("system", ["dual", "poly-64"])
+def test_ray_build_of_a_saved_baseline_equals_its_single_process_build(
+    ray_local, system: str, tiny_backbone_dir: Path, vaswani_slice: Path, tmp_path: Path
+) -> None:
+    """The actors load any saved model kind (mixencoder.models.load_model), not only MixEncoder,
+    and the store takes the model's own search_metric (a cosine BiEncoder's store ranks by
+    cosine)."""
+    saved = tmp_path / system
+    build_system(system, tiny_backbone_dir, candidate_max_length=32).save_pretrained(saved)
+    corpus = tmp_path / "corpus"
+    write_jsonl_collection(itertools.islice(read_corpus(vaswani_slice), 100), corpus)
+    on_ray = build_store_distributed(tmp_path / "ray", str(saved), corpus, workers=2,
+                                     shard_size=64, block_size=32, batch_size=16)
+    model = load_model(saved)
+    assert type(model).__name__ != "MixEncoder"
+    single = CandidateStore.build(tmp_path / "single", model, read_corpus(corpus), shard_size=64,
+                                  batch_size=16)
+    on_ray = CandidateStore.open(tmp_path / "ray", model=model)  # same fingerprint
+    on_ray.verify()
+    assert on_ray.search_metric == single.search_metric == model.search_metric
+    assert _file_hashes(on_ray, "docids.npy") == _file_hashes(single, "docids.npy")
+    ids = [d.docid for d in read_corpus(corpus)]
+    a, b = single.gather(ids), on_ray.gather(ids)
+    assert torch.equal(a.lengths, b.lengths)
+    torch.testing.assert_close(b.vectors, a.vectors, rtol=2e-3, atol=2e-3)
+    assert a.vectors.std() > 0.01  # real encodings, not a constant
 
 
 # ---------------------------------------------------------------------- from_shards (no Ray)

@@ -24,7 +24,7 @@ import pytest
 from mixencoder.cli import main as cli_main
 from mixencoder.store import CandidateStore, StoreCorruptError
 from mixencoder.store._io import json_text
-from mixencoder.store.candidate_store import MANIFEST_CHECKSUM, manifest_checksum
+from mixencoder.store.layout import MANIFEST_CHECKSUM, manifest_checksum
 from mixencoder.store.verify import verify_store
 from reliability_support import HashScorer, make_docs
 
@@ -34,11 +34,11 @@ SLOW_FLIPS = 200
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3 build shards + 1 add shard with 2 superseded rows, and an approximate index."""
+    """3 build shards + 1 add shard, and an approximate index."""
     path = tmp_path_factory.mktemp("pristine") / "store"
     model = HashScorer()
     store = CandidateStore.build(path, model, make_docs(23), shard_size=10, batch_size=4)
-    store.add(model, make_docs(3, start=21) + make_docs(4, prefix="n"), replace=True)
+    store.add(model, make_docs(4, prefix="n"))
     store.build_ann_index(nlist=2, nprobe=2)
     return path
 
@@ -77,10 +77,10 @@ def damaged(pristine: Path, tmp_path: Path) -> Path:
 def test_pristine_store_verifies_clean(pristine: Path, capsys: pytest.CaptureFixture) -> None:
     report = verify_store(pristine)
     assert report.ok, report.format()
-    assert report.count == 28 and report.files_checked == 4 * 5 + 3 + 1  # shards, index, ann
+    assert report.count == 27 and report.files_checked == 4 * 5 + 3 + 1  # shards, index, ann
     CandidateStore.open(pristine).verify()
     assert cli_main(["store", "verify", str(pristine)]) == 0
-    assert "OK (28 candidates" in capsys.readouterr().out
+    assert "OK (27 candidates" in capsys.readouterr().out
 
 
 def _positions(size: int, n: int, seed: int) -> list[int]:
@@ -243,6 +243,19 @@ def test_duplicate_docid_in_lookup_index_is_reported(damaged: Path) -> None:
     _reseal(damaged, rel)
     report = verify_store(damaged)
     assert any(p.file == rel and "repeats" in p.message for p in report.problems), report.format()
+
+
+def test_superseded_rows_are_reported_and_refused(damaged: Path) -> None:
+    """dead_rows.npy is always empty now; a store listing superseded rows (add(replace=True)
+    of an earlier version) is named by verify and refused by open, never served."""
+    index = json.loads((damaged / "manifest.json").read_text())["index"]["name"]
+    rel = f"{index}/dead_rows.npy"
+    np.save(damaged / rel, np.array([3], dtype=np.int64))
+    _reseal(damaged, rel)
+    report = verify_store(damaged)
+    assert report.bad_files == [rel] and "superseded" in report.problems[0].message
+    with pytest.raises(StoreCorruptError, match=r"superseded rows.*dead_rows\.npy"):
+        CandidateStore.open(damaged)
 
 
 def test_decreasing_offsets_are_reported(damaged: Path) -> None:

@@ -14,7 +14,7 @@ import torch
 
 from mixencoder.models.base import CandidateReps
 from mixencoder.store import CandidateStore, IncompleteStoreError, StoreCorruptError
-from mixencoder.store.candidate_store import _BATCHES_PER_CALL
+from mixencoder.store.build import BATCHES_PER_CALL
 
 COLLECTION = Path("/work/shared/data/msmarco/dl20/collection.tsv")
 
@@ -26,6 +26,8 @@ class FakeScorer:
         k: fixed number of vectors per candidate, or None for 1..max_vectors (varies by text).
         pooled: whether ``encode_candidates`` returns pooled vectors.
     """
+
+    search_metric = "ip"
 
     def __init__(
         self,
@@ -141,8 +143,8 @@ def test_roundtrip_variable_lengths_fp16(tmp_path: Path) -> None:
     reps = reopened.gather(order)
     assert_reps_match(reps, model, [texts[d] for d in order])
     assert reps.vectors.shape == (50, int(reps.lengths.max()), 8)
-    # streamed: each encode call gets at most _BATCHES_PER_CALL batches, never the whole corpus
-    assert max(model.batch_sizes) <= 2 * _BATCHES_PER_CALL < 50
+    # streamed: each encode call gets at most BATCHES_PER_CALL batches, never the whole corpus
+    assert max(model.batch_sizes) <= 2 * BATCHES_PER_CALL < 50
 
 
 def test_roundtrip_fixed_k_float32_and_order(tmp_path: Path) -> None:
@@ -168,11 +170,29 @@ def test_open_is_memory_mapped_and_records_throughput(tmp_path: Path) -> None:
     assert manifest["count"] == 10 and manifest["dtype"] == "float16"
     opened = CandidateStore.open(tmp_path / "s")
     assert opened.last_build_stats is None
-    assert all(isinstance(s.vectors, np.memmap) for s in opened._shards)
-    assert isinstance(opened._sorted_docids, np.memmap)
-    assert opened.nbytes == sum(e["bytes"] for _, e in opened._data_files())
+    assert all(isinstance(s.vectors, np.memmap) for s in opened.rows.shards)
+    assert isinstance(opened.rows.sorted_docids, np.memmap)
+    listed = opened.manifest["shards"] + [opened.manifest["index"]]
+    assert opened.nbytes == sum(f["bytes"] for part in listed for f in part["files"].values())
     assert opened.bytes_per_candidate() == pytest.approx(opened.nbytes / 10)
     assert opened.bytes_per_candidate(include_search_index=False) < opened.bytes_per_candidate()
+
+
+def test_rows_view_maps_docids_rows_and_vectors(tmp_path: Path) -> None:
+    model = FakeScorer()
+    docs = make_docs(13)
+    store = CandidateStore.build(tmp_path / "s", model, docs, shard_size=5, batch_size=2)
+    view = store.rows
+    assert [s.start for s in view.shards] == view.starts.tolist() == [0, 5, 10]
+    assert view.num_rows == len(store) == 13 and view.generation == 0
+    ids = ["d12", "d0", "d7", "nope"]
+    rows = view.rows_of(ids)
+    assert rows.tolist() == [12, 0, 7, -1]  # rows follow the build order, shard by shard
+    assert view.docids_of(rows[:3]) == ids[:3]
+    np.testing.assert_array_equal(view.pooled_of(rows[:3]), store.gather(ids[:3]).pooled.numpy())
+    store.add(model, make_docs(2, prefix="n"))
+    assert store.rows is not view and store.rows.generation == 1 and view.num_rows == 13
+    assert store.rows.rows_of(["n1"]).tolist() == [14]
 
 
 def test_missing_ids(tmp_path: Path) -> None:
@@ -357,7 +377,7 @@ def test_add_appends_and_rejects_duplicates(tmp_path: Path) -> None:
     assert_reps_match(reopened.gather(["d15", "d0"]), model, texts)
 
     before = store_files(path)
-    with pytest.raises(ValueError, match=r"already in the store.*d3.*replace=True"):
+    with pytest.raises(ValueError, match=r"already in the store.*d3"):
         store.add(model, [("new1", "a"), ("d3", "b")])
     with pytest.raises(ValueError, match="duplicate docids.*n1"):
         store.add(model, [("n1", "a"), ("n2", "b"), ("n1", "c")])
@@ -373,32 +393,26 @@ def test_add_appends_and_rejects_duplicates(tmp_path: Path) -> None:
     assert len(CandidateStore.open(path)) == 16 and "new1" not in store and "n2" not in store
 
 
-def test_add_replace_supersedes(tmp_path: Path) -> None:
-    model = FakeScorer(pooled_dim=64)  # wide enough that random vectors are near-orthogonal
+def test_add_interrupted_after_its_commit_keeps_the_new_state(tmp_path: Path, monkeypatch) -> None:
+    """A failure in the clean-up after the manifest was replaced (e.g. Ctrl-C) must not delete
+    the shards that the committed manifest lists."""
+    from mixencoder.store import layout
+
+    model = FakeScorer()
     path = tmp_path / "s"
-    store = CandidateStore.build(path, model, make_docs(10), shard_size=4)
-    old_pooled = store.gather(["d2"]).pooled
-    store.add(model, [("d2", "rewritten passage"), ("d99", "brand new")], replace=True)
-    for s in (store, CandidateStore.open(path)):
-        assert len(s) == 11
-        assert_reps_match(s.gather(["d2", "d99"]), model, ["rewritten passage", "brand new"])
-        # Search over everything must return each docid once, with the new vector's score.
-        hits = s.search(old_pooled.numpy(), k=11)[0]
-        assert len(hits) == 11 and len({d for d, _ in hits}) == 11
-        new_pooled = fp16(model.expected("rewritten passage")[1])
-        score = dict(hits)["d2"]
-        assert score == pytest.approx(float(new_pooled @ old_pooled.numpy()[0]), rel=1e-5)
-        # Small k: a superseded row must not crowd a live one out of its shard's top k. The
-        # first query points at shard 0 (which holds the superseded row), so its top 3 live
-        # hits all come from there.
-        live = sorted(f"d{i}" for i in range(10)) + ["d99"]
-        live_pooled = s.gather(live).pooled.numpy()
-        shard0 = [fp16(model.expected(f"text of passage d{i}")[1]) for i in range(4)]
-        queries = np.concatenate(
-            [np.sum(shard0, axis=0, keepdims=True), model.encode_queries_pooled(list("abcdef"))]
-        )
-        for q, hits in zip(queries, s.search(queries, k=3)):
-            assert [d for d, _ in hits] == [live[i] for i in np.argsort(-(live_pooled @ q))[:3]]
+    store = CandidateStore.build(path, model, make_docs(6), shard_size=4)
+
+    def interrupted(*args: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(layout, "remove_unreferenced", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.add(model, make_docs(3, prefix="n"))
+    monkeypatch.undo()
+    reopened = CandidateStore.open(path)
+    assert len(reopened) == 9
+    assert_reps_match(reopened.gather(["n2", "d5"]), model, ["text of passage n2", "text of passage d5"])
+    reopened.verify()
 
 
 # --- dense search ------------------------------------------------------------------------------

@@ -82,8 +82,7 @@ def test_cosine_store_search_is_brute_force_cosine(tmp_path: Path, tiny_model_fa
     assert dict(reopened.search(q, 21)[0])["new"] == pytest.approx(expected, rel=1e-4)
 
     # The approximate index uses the same metric (one list, every vector scanned: exact).
-    store.build_ann_index(nlist=1, nprobe=1)
-    assert store._ann.info["search_metric"] == "cosine"
+    assert store.build_ann_index(nlist=1, nprobe=1).info["search_metric"] == "cosine"
     for exact, approx in zip(reopened.search(queries, 5), store.search(queries, 5, approximate=True)):
         assert [d for d, _ in approx] == [d for d, _ in exact]
         np.testing.assert_allclose([s for _, s in approx], [s for _, s in exact], rtol=1e-3)

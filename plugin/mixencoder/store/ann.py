@@ -17,6 +17,7 @@ Layout (derived data, not listed in ``manifest.json``)::
 
 It is tied to the lookup index generation it was built from: after :meth:`CandidateStore.add`
 the generation changes and approximate search refuses the stale index until it is rebuilt.
+Everything here reads the store through its :class:`~mixencoder.store.rows.StoreRows` view.
 """
 
 from __future__ import annotations
@@ -29,16 +30,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import faiss
 import numpy as np
 
 from ._io import atomic_write_json, fsync_dir, json_text, read_json, sha256_file
+from .rows import StoreRows
 from .shard import TMP_PREFIX, l2_normalise, write_faiss_index
-
-if TYPE_CHECKING:
-    from .candidate_store import CandidateStore
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ def default_nlist(rows: int) -> int:
 
 
 def build_ann_index(
-    store: CandidateStore,
+    store: StoreRows,
     *,
     kind: str = "ivf",
     nlist: int | None = None,
@@ -94,7 +93,7 @@ def build_ann_index(
     """Build (or rebuild) the store's approximate index over its live pooled vectors.
 
     Args:
-        store: an opened store with pooled vectors.
+        store: the rows of an opened store with pooled vectors (``CandidateStore.rows``).
         kind: ``"ivf"`` (the only kind so far).
         nlist: IVF lists; default :func:`default_nlist`.
         nprobe: lists scanned per query by default (``search(..., nprobe=)`` overrides it).
@@ -114,9 +113,7 @@ def build_ann_index(
             f"store at {store.path} has no pooled vectors (built with with_pooled=False); an "
             "approximate index needs them"
         )
-    shards = store._shards
-    dead = store._dead
-    live_rows = store._num_rows - len(dead)
+    live_rows = store.num_rows
     nlist = default_nlist(live_rows) if nlist is None else int(nlist)
     if not 1 <= nlist <= live_rows:
         raise ValueError(f"nlist must be in [1, {live_rows}] (the live candidates), got {nlist}")
@@ -139,10 +136,8 @@ def build_ann_index(
 
     rng = np.random.default_rng(seed)
     train_size = min(live_rows, train_size or 50 * nlist)
-    sample = rng.choice(store._num_rows, size=min(store._num_rows, train_size), replace=False)
-    sample = np.sort(sample)
-    sample = sample[~np.isin(sample, dead)]
-    train = _pooled_rows(store, sample)
+    sample = np.sort(rng.choice(live_rows, size=train_size, replace=False))
+    train = store.pooled_of(sample)
     cosine = store.search_metric == "cosine"
     if cosine:  # the index holds what the flat copies hold: unit-norm pooled vectors
         train = l2_normalise(train)
@@ -150,20 +145,20 @@ def build_ann_index(
     index.train(train)
     del train
 
-    for shard in shards:
+    for shard in store.shards:
         for lo in range(0, shard.count, _ADD_CHUNK):
             hi = min(lo + _ADD_CHUNK, shard.count)
-            rows = np.arange(shard.start + lo, shard.start + hi, dtype=np.int64)
-            keep = ~np.isin(rows, dead) if len(dead) else slice(None)
-            x = np.ascontiguousarray(shard.pooled[lo:hi], dtype=np.float32)[keep]
+            x = np.ascontiguousarray(shard.pooled[lo:hi], dtype=np.float32)
             if cosine:
                 x = l2_normalise(x)
-            index.add_with_ids(x, rows[keep])
+            index.add_with_ids(x, np.arange(shard.start + lo, shard.start + hi, dtype=np.int64))
 
-    generation = int(store.manifest["index"]["generation"])
+    generation = store.generation
     final = store.path / f"{ANN_PREFIX}{generation:05d}"
     tmp = store.path / f"{TMP_PREFIX}{ANN_PREFIX}{generation:05d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    # Temp dirs of builds that were killed (any pid: only one process writes a store at a time).
+    for leftover in store.path.glob(f"{TMP_PREFIX}{ANN_PREFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
     tmp.mkdir()
     try:
         info = _write_ann_dir(tmp, index, store, name, nlist, nprobe, len(sample), seed,
@@ -193,7 +188,7 @@ def build_ann_index(
 def _write_ann_dir(
     tmp: Path,
     index: Any,
-    store: CandidateStore,
+    store: StoreRows,
     name: str,
     nlist: int,
     nprobe: int,
@@ -214,7 +209,7 @@ def _write_ann_dir(
         "search_metric": store.search_metric,
         "count": int(index.ntotal),
         "index_generation": generation,
-        "rows": int(store._num_rows),
+        "rows": store.num_rows,
         "bytes": (tmp / "index.faiss").stat().st_size,
         "sha256": sha256_file(tmp / "index.faiss"),  # checked by `mixencoder store verify`
         "build_s": time.perf_counter() - start,
@@ -235,14 +230,15 @@ def info_checksum(info: dict[str, Any]) -> str:
     return hashlib.sha256(json_text(body).encode("utf-8")).hexdigest()
 
 
-def open_ann_index(store: CandidateStore) -> AnnIndex:
-    """Open the store's approximate index (memory-mapped), checking it is not stale.
+def open_ann_index(store: StoreRows) -> AnnIndex:
+    """Open the approximate index of ``store`` (``CandidateStore.rows``), memory-mapped,
+    checking it is not stale.
 
     Raises:
         FileNotFoundError: none was built (see :func:`build_ann_index`).
         ValueError: it was built for an earlier state of the store.
     """
-    generation = int(store.manifest["index"]["generation"])
+    generation = store.generation
     path = store.path / f"{ANN_PREFIX}{generation:05d}"
     if not (path / "ann.json").is_file():
         older = sorted(store.path.glob(f"{ANN_PREFIX}*"))
@@ -256,10 +252,10 @@ def open_ann_index(store: CandidateStore) -> AnnIndex:
             "store.build_ann_index() (or search with approximate=False)"
         )
     info = read_json(path / "ann.json")
-    if info.get("rows") != store._num_rows or info.get("index_generation") != generation:
+    if info.get("rows") != store.num_rows or info.get("index_generation") != generation:
         raise ValueError(
             f"the approximate index in {path} does not match the store (built for "
-            f"{info.get('rows')} rows, the store has {store._num_rows}); rebuild it with "
+            f"{info.get('rows')} rows, the store has {store.num_rows}); rebuild it with "
             "store.build_ann_index()"
         )
     if info.get("search_metric", "ip") != store.search_metric:
@@ -289,14 +285,3 @@ def open_ann_index(store: CandidateStore) -> AnnIndex:
             " the file is damaged. Rebuild it with store.build_ann_index()"
         )
     return AnnIndex(path=path, info=info, index=index)
-
-
-def _pooled_rows(store: CandidateStore, rows: np.ndarray) -> np.ndarray:
-    """Float32 pooled vectors of sorted global ``rows`` (read shard by shard)."""
-    out = np.empty((len(rows), store.pooled_dim or 0), dtype=np.float32)
-    shard_of = np.searchsorted(store._starts, rows, side="right") - 1
-    for s in np.unique(shard_of):
-        sel = np.flatnonzero(shard_of == s)
-        shard = store._shards[s]
-        out[sel] = shard.pooled[rows[sel] - shard.start]
-    return out

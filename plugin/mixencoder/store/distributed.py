@@ -5,7 +5,7 @@ shard layout, same files, the same vectors up to floating-point rounding) but sp
 encoding over ``workers`` model actors, one GPU each where the cluster has GPUs::
 
     reader task              model actors (ActorPoolStrategy)           driver
-    read_corpus -> blocks -> encode_candidates -> vectors, pooled    -> ShardWriter,
+    read_corpus -> blocks -> encode_candidates -> vectors, pooled    -> ShardSequence,
     of (docid, text)         cast to the store dtype                    in corpus order
 
 Why the driver writes the shards: Ray Data hands the encoded blocks back in corpus order
@@ -13,9 +13,10 @@ Why the driver writes the shards: Ray Data hands the encoded blocks back in corp
 build does (shard ``i`` = docs ``[i * shard_size, (i + 1) * shard_size)``). Finished shards are
 therefore always a prefix of the corpus, which keeps a Ray build resumable by either builder
 and keeps each shard's write atomic (:class:`~.shard.ShardWriter` renames a complete temp
-directory). Writing costs ~1.5 KB per document of sequential I/O, far below the encoding cost,
-so the single writer does not limit throughput. The lookup index and ``manifest.json`` are
-written last by :meth:`CandidateStore.from_shards`.
+directory). The driver uses the single-process build's own pieces (:mod:`.build`: the resume,
+the docid ledger, the shard sequence; :func:`.layout.commit`), so the two builders differ only
+in who encodes. Writing costs ~1.5 KB per document of sequential I/O, far below the encoding
+cost, so the single writer does not limit throughput.
 
 Why one reader: parsing a corpus runs at ~10^5 docs/s, two orders of magnitude above what a
 model actor encodes, and a single reader gives every document its corpus position for free.
@@ -36,28 +37,21 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..models import load_model
 from ..models.base import CandidateReps
-from ._io import as_fixed_bytes, atomic_write_json, encode_docids, lookup_sorted
-from .candidate_store import (
-    BUILD_STATE,
-    CandidateStore,
-    _check_dtype,
-    _check_positive_int,
-    _fingerprint_of,
-    _finished_build_shards,
-    _prepare_build_dir,
-    _skip_finished_prefix,
-    resolve_search_metric,
-)
-from .shard import ShardWriter, reps_to_arrays, shard_name
+from ._io import encode_docids
+from .build import ShardSequence, begin_build
+from .candidate_store import CandidateStore
+from .layout import BuildParams, check_positive_int, commit, normalise_fingerprint
+from .shard import reps_to_arrays
 
 logger = logging.getLogger(__name__)
 
-#: A model for the actors: a saved MixEncoder directory or backbone (``None``: the bundled
-#: MiniLM), or a picklable zero-argument callable returning a Scorer.
+#: A model for the actors: a directory saved by any model's ``save_pretrained`` (``None``: a
+#: fresh MixEncoder on the bundled MiniLM), or a picklable zero-argument callable returning a
+#: Scorer.
 ModelSpec = Union[str, os.PathLike, None, Callable[[], Any]]
 
-_SHOW_IDS = 5
 _SAMPLE_DOCS = 256  # documents read ahead on the driver to size Ray's blocks
 
 
@@ -65,23 +59,20 @@ _SAMPLE_DOCS = 256  # documents read ahead on the driver to size Ray's blocks
 class _BuildPlan:
     """What every actor needs to know to encode like the driver expects."""
 
-    fingerprint: dict[str, Any]
+    params: BuildParams
     batch_size: int
-    dtype: str
-    with_pooled: bool
-    search_metric: str
-    dim: int | None
-    pooled_dim: int | None
+    dims: tuple[int | None, int | None]
     threads: int
 
 
-def load_model(spec: ModelSpec) -> Any:
-    """Instantiate the model a :data:`ModelSpec` describes (in eval mode)."""
+def _load_spec(spec: ModelSpec) -> Any:
+    """Instantiate the model a :data:`ModelSpec` describes, with
+    :func:`mixencoder.models.load_model` (every saved model kind loads)."""
     if callable(spec):
         return spec()
-    from ..models import MixEncoder
-
-    return MixEncoder.from_pretrained(spec)
+    if spec is None:
+        return load_model(None, model_type="mixencoder")
+    return load_model(spec)
 
 
 def build_store_distributed(
@@ -112,10 +103,12 @@ def build_store_distributed(
 
     Args:
         path: the store directory (created if missing).
-        model: what each actor loads: a saved MixEncoder directory, a backbone name or
-            directory, ``None`` for the bundled all-MiniLM-L6-v2, or a picklable zero-argument
-            callable returning a :class:`~mixencoder.models.base.Scorer`. The driver loads it
-            once too, for the fingerprint; an actor whose model differs fails the build.
+        model: what each actor loads: a directory saved by any model's ``save_pretrained``
+            (loaded with :func:`mixencoder.models.load_model`), ``None`` for a fresh MixEncoder
+            on the bundled all-MiniLM-L6-v2, or a picklable zero-argument callable returning a
+            :class:`~mixencoder.models.base.Scorer` (a torch module, to run on a GPU). The
+            driver loads it once too, for the fingerprint and ``search_metric``; an actor
+            whose model differs fails the build.
         corpus: a corpus file or directory, read with
             :func:`mixencoder.data.corpus.read_corpus`.
         fmt: force the corpus format (see ``read_corpus``).
@@ -152,111 +145,52 @@ def build_store_distributed(
 
     path = Path(path)
     corpus = Path(corpus)
-    for name, value in (
-        ("workers", workers),
-        ("batch_size", batch_size),
-        ("block_size", block_size),
-        ("shard_size", shard_size),
-    ):
-        _check_positive_int(name, value)
-    dtype = _check_dtype(dtype)
+    for name, value in (("workers", workers), ("batch_size", batch_size),
+                        ("block_size", block_size)):
+        check_positive_int(name, value)
     if not corpus.exists():
         raise FileNotFoundError(f"corpus {corpus} does not exist")
     if cpus_per_worker <= 0:
         raise ValueError(f"cpus_per_worker must be > 0, got {cpus_per_worker}")
 
-    driver_model = load_model(model)
-    fingerprint = _fingerprint_of(driver_model)
-    search_metric = resolve_search_metric(search_metric, driver_model)
+    driver_model = _load_spec(model)
+    params = BuildParams.for_model(driver_model, shard_size, dtype, with_pooled, search_metric)
     del driver_model  # the actors hold the copies that do the work
-    params = {
-        "fingerprint": fingerprint,
-        "shard_size": shard_size,
-        "dtype": dtype,
-        "with_pooled": bool(with_pooled),
-        "search_metric": search_metric,
-    }
-    _prepare_build_dir(path, mode, params)
-
-    # Resume: the finished shards are a corpus prefix (the driver writes in order); check that
-    # the corpus still starts with their docids, exactly as the single-process build does.
-    finished = _finished_build_shards(path, params)
-    # Written once the finished shards are known to match (a refused resume of orphan
-    # shards must not record its own arguments as the build's).
-    atomic_write_json(path / BUILD_STATE, params)
+    # Resume: the finished shards are a corpus prefix (the driver writes in order); the corpus
+    # must still start with their docids, exactly as for the single-process build.
     remaining = iter(read_corpus(corpus, fmt=fmt, check_duplicates=False))
-    done = _skip_finished_prefix(remaining, finished, shard_size)
+    begun = begin_build(path, mode, params, remaining)
     sample = list(islice(remaining, _SAMPLE_DOCS))  # sizes Ray's blocks; empty: nothing left
-    if finished:
-        logger.info("resuming build of %s: %d candidates already stored", path, done)
-    names = [s.name for s in finished]
-    dims = (finished[0].vectors.shape[1], finished[0].pooled_dim) if finished else (None, None)
-    seen = _DocidLedger()
-    for number, shard in enumerate(finished):
-        seen.add_shard(np.asarray(shard.docids), number)
-    del finished, remaining  # drop the memory maps and the reader before the build goes on
+    del remaining  # drop the reader before the build goes on
 
-    plan = _BuildPlan(
-        fingerprint=fingerprint,
-        batch_size=batch_size,
-        dtype=dtype,
-        with_pooled=bool(with_pooled),
-        search_metric=search_metric,
-        dim=dims[0],
-        pooled_dim=dims[1],
-        threads=max(1, int(cpus_per_worker)),
-    )
+    plan = _BuildPlan(params=params, batch_size=batch_size, dims=begun.dims,
+                      threads=max(1, int(cpus_per_worker)))
     start = time.perf_counter()
-    encoded, workers_used = 0, 0
-    if sample:
-        with _RaySession(workers, address):
-            new_names, encoded, workers_used = _encode_and_write(
-                path,
-                model,
-                corpus,
-                fmt=fmt,
-                plan=plan,
-                workers=workers,
-                block_size=block_size,
-                shard_size=shard_size,
-                first_position=done,
-                seen=seen,
-                cpus_per_worker=cpus_per_worker,
-                gpus_per_worker=gpus_per_worker,
-                row_bytes=_arrow_row_bytes(sample),
-                show=_show(show_progress_bar),
-            )
-        names += new_names
-    if not names:
-        (path / BUILD_STATE).unlink(missing_ok=True)
-        raise ValueError(f"corpus {corpus} holds no documents; nothing to store at {path}")
+    workers_used = 0
+    with begun.sequence(path, params) as seq:
+        if sample:
+            with _RaySession(workers, address):
+                workers_used = _encode_and_write(
+                    seq, model, corpus, fmt=fmt, plan=plan, workers=workers,
+                    block_size=block_size, cpus_per_worker=cpus_per_worker,
+                    gpus_per_worker=gpus_per_worker, row_bytes=_arrow_row_bytes(sample),
+                    show=_show(show_progress_bar),
+                )
     seconds = time.perf_counter() - start
     stats = {
-        "docs": encoded,
+        "docs": seq.docs,
         "seconds": seconds,
-        "docs_per_s": encoded / seconds if encoded and seconds > 0 else None,
+        "docs_per_s": seq.docs / seconds if seq.docs and seconds > 0 else None,
         "workers": workers,
         "workers_used": workers_used,
     }
-    store = CandidateStore.from_shards(
-        path,
-        names,
-        fingerprint=fingerprint,
-        shard_size=shard_size,
-        dtype=dtype,
-        with_pooled=with_pooled,
-        build_stats=stats,
-        search_metric=search_metric,
-    )
+    manifest = commit(path, params, begun.entries + seq.entries, docs_per_s=stats["docs_per_s"])
     logger.info(
         "built candidate store %s on Ray: %d candidates (%d encoded now) with %d workers, "
-        "%.1f docs/s",
-        path,
-        len(store),
-        encoded,
-        workers,
-        stats["docs_per_s"] or 0.0,
+        "%.1f docs/s", path, manifest["count"], seq.docs, workers, stats["docs_per_s"] or 0.0,
     )
+    store = CandidateStore(path, manifest)
+    store.last_build_stats = stats
     return store
 
 
@@ -304,7 +238,7 @@ def _import_ray() -> Any:
 
 
 def _encode_and_write(
-    path: Path,
+    seq: ShardSequence,
     model: ModelSpec,
     corpus: Path,
     *,
@@ -312,15 +246,13 @@ def _encode_and_write(
     plan: _BuildPlan,
     workers: int,
     block_size: int,
-    shard_size: int,
-    first_position: int,
-    seen: _DocidLedger,
     cpus_per_worker: float,
     gpus_per_worker: float | None,
     row_bytes: float,
     show: bool,
-) -> tuple[list[str], int, int]:
-    """Run the Ray Data pipeline and write its output as shards; return (names, docs, pids)."""
+) -> int:
+    """Run the Ray Data pipeline, appending its output to ``seq`` in corpus order; return how
+    many distinct actor processes encoded at least one block."""
     ray = _import_ray()
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -342,7 +274,9 @@ def _encode_and_write(
     # so every actor gets work even on a small corpus.
     ctx.target_max_block_size = int(min(128 << 20, max(4096, 0.8 * block_size * row_bytes)))
     try:
-        source = _corpus_datasource(corpus, fmt, first_position, block_size, shard_size)
+        source = _corpus_datasource(
+            corpus, fmt, seq.position, block_size, plan.params.shard_size
+        )
         # The reader only parses text; it takes no CPU slot so that `workers` actors can hold
         # all of a local instance's num_cpus=workers without starving it.
         ds = ray.data.read_datasource(source, num_cpus=0, override_num_blocks=1)
@@ -355,19 +289,16 @@ def _encode_and_write(
             num_gpus=gpus_per_worker,
             batch_format="numpy",
         )
-        writer = _OrderedShardWriter(path, plan, shard_size, first_position, seen)
         pids: set[int] = set()
         bar = tqdm(
-            desc="Encoding candidates (Ray)", unit="doc", initial=first_position, disable=not show
+            desc="Encoding candidates (Ray)", unit="doc", initial=seq.position, disable=not show
         )
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                writer.write(batch)
+                _append_in_order(seq, batch)
                 pids.update(int(p) for p in np.unique(batch["worker_pid"]))
                 bar.update(len(batch["position"]))
-            writer.close()
         except BaseException as e:
-            writer.abort()
             raise _unwrap_ray_error(e) from e
         finally:
             bar.close()
@@ -377,7 +308,32 @@ def _encode_and_write(
             ctx.enable_progress_bars,
             ctx.target_max_block_size,
         ) = saved
-    return writer.names, writer.docs, len(pids)
+    return len(pids)
+
+
+def _append_in_order(seq: ShardSequence, batch: dict[str, np.ndarray]) -> None:
+    """Append one encoded block to ``seq``, cut where a shard ends (Ray may bundle blocks
+    across a boundary), after checking it continues the corpus where ``seq`` stands."""
+    positions = np.asarray(batch["position"], dtype=np.int64)
+    if not np.array_equal(positions, np.arange(seq.position, seq.position + len(positions))):
+        raise RuntimeError(
+            f"Ray Data returned documents out of corpus order (expected positions from "
+            f"{seq.position}, got {positions[:5].tolist()}...); the shard layout would differ "
+            "from the corpus order, so the build stops"
+        )
+    pooled = batch.get("pooled")
+    start = 0
+    while start < len(positions):
+        end = min(len(positions), start + seq.room())
+        keys = encode_docids([str(d) for d in batch["docid"][start:end]])
+        seq.admit(keys)
+        seq.write(keys, CandidateReps(
+            vectors=torch.from_numpy(np.array(batch["vectors"][start:end], dtype=np.float32)),
+            lengths=torch.from_numpy(np.array(batch["lengths"][start:end], dtype=np.int64)),
+            pooled=None if pooled is None
+            else torch.from_numpy(np.array(pooled[start:end], dtype=np.float32)),
+        ))
+        start = end
 
 
 def _unwrap_ray_error(e: BaseException) -> BaseException:
@@ -493,14 +449,11 @@ class _EncodeActor:
         # fight over the cores and run slower than the single-process build.
         torch.set_num_threads(plan.threads)
         self.plan = plan
-        self.model = load_model(model)
-        theirs = _fingerprint_of(self.model)
-        if theirs != plan.fingerprint:
-            keys = sorted(
-                k
-                for k in theirs.keys() | plan.fingerprint.keys()
-                if theirs.get(k) != plan.fingerprint.get(k)
-            )
+        self.model = _load_spec(model)
+        theirs = normalise_fingerprint(self.model.candidate_fingerprint())
+        ours = plan.params.fingerprint
+        if theirs != ours:
+            keys = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
             raise ValueError(
                 f"a Ray worker (pid {os.getpid()}) loaded a different model than the driver: "
                 f"candidate fingerprint keys {keys} differ. The model directory must be the "
@@ -508,7 +461,7 @@ class _EncodeActor:
             )
         import ray
 
-        if ray.get_gpu_ids() and torch.cuda.is_available() and hasattr(self.model, "to"):
+        if ray.get_gpu_ids() and torch.cuda.is_available():
             self.model.to("cuda")  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -520,13 +473,9 @@ class _EncodeActor:
         # Validate and cast here (reps_to_arrays is what ShardWriter.add runs): errors surface
         # where they happen, and float16 halves what travels back to the driver. The driver's
         # float32 round trip of these values is exact, so the shard equals a direct write.
+        params = self.plan.params
         flat, lengths, pooled = reps_to_arrays(
-            reps,
-            n,
-            np.dtype(self.plan.dtype),
-            self.plan.with_pooled,
-            self.plan.dim,
-            self.plan.pooled_dim,
+            reps, n, np.dtype(params.dtype), params.with_pooled, *self.plan.dims
         )
         m = int(lengths.max()) if n else 0
         vectors = np.zeros((n, m, flat.shape[1]), dtype=flat.dtype)
@@ -541,159 +490,6 @@ class _EncodeActor:
         if pooled is not None:
             out["pooled"] = pooled
         return out
-
-
-class _OrderedShardWriter:
-    """Driver side: append encoded blocks in corpus order, finishing a shard every shard_size."""
-
-    def __init__(
-        self,
-        root: Path,
-        plan: _BuildPlan,
-        shard_size: int,
-        first_position: int,
-        seen: _DocidLedger,
-    ) -> None:
-        self.root = root
-        self.plan = plan
-        self.shard_size = shard_size
-        self.position = first_position
-        self.seen = seen
-        self.names: list[str] = []
-        self.docs = 0
-        self._writer: ShardWriter | None = None
-        self._dims = (plan.dim, plan.pooled_dim)
-
-    def write(self, batch: dict[str, np.ndarray]) -> None:
-        positions = np.asarray(batch["position"], dtype=np.int64)
-        expected = np.arange(self.position, self.position + len(positions))
-        if not np.array_equal(positions, expected):
-            raise RuntimeError(
-                f"Ray Data returned documents out of corpus order (expected positions from "
-                f"{self.position}, got {positions[:5].tolist()}...); the shard layout would "
-                "differ from the corpus order, so the build stops"
-            )
-        start = 0
-        while start < len(positions):
-            # Cut the batch where a shard ends (Ray may bundle blocks across a boundary).
-            room = self.shard_size - self.position % self.shard_size
-            end = min(len(positions), start + room)
-            self._add(batch, start, end)
-            start = end
-
-    def _add(self, batch: dict[str, np.ndarray], start: int, end: int) -> None:
-        docids = [str(d) for d in batch["docid"][start:end]]
-        keys = encode_docids(docids)
-        self._check_new(keys)
-        if self._writer is None:
-            number = self.position // self.shard_size
-            self._writer = ShardWriter(
-                self.root,
-                number,
-                dtype=np.dtype(self.plan.dtype),
-                with_pooled=self.plan.with_pooled,
-                search_metric=self.plan.search_metric,
-                origin="build",
-                dim=self._dims[0],
-                pooled_dim=self._dims[1],
-            )
-        pooled = batch.get("pooled") if self.plan.with_pooled else None
-        reps = CandidateReps(
-            vectors=torch.from_numpy(np.array(batch["vectors"][start:end], dtype=np.float32)),
-            lengths=torch.from_numpy(np.array(batch["lengths"][start:end], dtype=np.int64)),
-            pooled=None
-            if pooled is None
-            else torch.from_numpy(np.array(pooled[start:end], dtype=np.float32)),
-        )
-        self._writer.add(keys, reps)
-        self._dims = (self._writer.dim, self._writer.pooled_dim)
-        self.position += end - start
-        self.docs += end - start
-        if self._writer.count == self.shard_size:
-            self._finish()
-
-    def _check_new(self, keys: list[bytes]) -> None:
-        """Reject docids seen earlier in this build, naming them and both shards."""
-        shard = self.position // self.shard_size
-        clashes = self.seen.add(keys, shard)
-        if clashes:
-            shown = "; ".join(
-                f"{key!r} in {shard_name(shard)} and {shard_name(other)}"
-                for key, other in clashes[:_SHOW_IDS]
-            )
-            raise ValueError(
-                f"{len(clashes)} duplicate docids in the corpus, e.g. {shown} (documents "
-                f"{self.position}..{self.position + len(keys) - 1} are being written). Each "
-                "docid may occur once; deduplicate the corpus and rebuild."
-            )
-
-    def _finish(self) -> None:
-        assert self._writer is not None
-        entry = self._writer.finish()
-        self.names.append(entry["name"])
-        self.seen.close_shard()
-        self._writer = None
-
-    def close(self) -> None:
-        """Finish the last (partial) shard."""
-        if self._writer is not None and self._writer.count:
-            self._finish()
-        elif self._writer is not None:
-            self._writer.abort()
-            self._writer = None
-
-    def abort(self) -> None:
-        """Drop the unfinished shard; finished ones stay for a resume."""
-        if self._writer is not None:
-            self._writer.abort()
-            self._writer = None
-
-
-class _DocidLedger:
-    """Every docid written so far and its shard, to name both shards of a duplicate.
-
-    Like the single-process build's check, closed shards are kept as sorted bytes arrays merged
-    like a binary counter (at most log2(#shards) arrays to search per batch; a few bytes per
-    docid plus an int32 shard number), and only the shard being written is a dict.
-    """
-
-    def __init__(self) -> None:
-        self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted keys, shard of each)
-        self._current: dict[bytes, int] = {}
-
-    def add_shard(self, keys: np.ndarray, shard: int) -> None:
-        """Record a finished shard's docids (a resumed build's prefix)."""
-        self.add([bytes(k) for k in keys.tolist()], shard)
-        self.close_shard()
-
-    def add(self, keys: list[bytes], shard: int) -> list[tuple[str, int]]:
-        """Record ``keys`` as written to ``shard``; return ``(docid, other shard)`` clashes."""
-        clashes = []
-        for key in keys:
-            if key in self._current:
-                clashes.append((key.decode(), self._current[key]))
-            self._current[key] = shard
-        for sorted_keys, shards in self._runs:
-            pos = lookup_sorted(sorted_keys, keys)
-            clashes.extend(
-                (keys[i].decode(), int(shards[pos[i]])) for i in np.flatnonzero(pos >= 0)
-            )
-        return clashes
-
-    def close_shard(self) -> None:
-        """Move the current shard's docids into the sorted runs."""
-        if not self._current:
-            return
-        keys = as_fixed_bytes(list(self._current))
-        shards = np.fromiter(self._current.values(), dtype=np.int32, count=len(self._current))
-        self._current = {}
-        while self._runs and len(self._runs[-1][0]) <= len(keys):
-            old_keys, old_shards = self._runs.pop()
-            width = max(old_keys.dtype.itemsize, keys.dtype.itemsize)
-            keys = np.concatenate([old_keys.astype(f"S{width}"), keys.astype(f"S{width}")])
-            shards = np.concatenate([old_shards, shards])
-        order = np.argsort(keys, kind="stable")
-        self._runs.append((keys[order], shards[order]))
 
 
 def _arrow_row_bytes(sample: list[Any]) -> float:

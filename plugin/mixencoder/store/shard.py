@@ -127,11 +127,7 @@ def reps_to_arrays(
             f"model.encode_candidates returned lengths outside [0, {vectors.shape[1]}] "
             f"(min {lengths.min()}, max {lengths.max()})"
         )
-    if dim is not None and vectors.shape[2] != dim:
-        raise ValueError(
-            f"model.encode_candidates returned {vectors.shape[2]}-dim vectors but this store "
-            f"holds {dim}-dim vectors; the model changed mid-build or does not match the store"
-        )
+    _check_dim(vectors.shape[2], dim, "vectors")
     # Row-major boolean indexing keeps each candidate's real vectors contiguous and in order.
     mask = np.arange(vectors.shape[1])[None, :] < lengths[:, None]
     flat = _cast(vectors[mask], dtype, "vectors")
@@ -149,13 +145,17 @@ def reps_to_arrays(
                 f"model.encode_candidates returned pooled vectors of shape "
                 f"{tuple(pooled_f.shape)}; expected ({n_texts}, d_pooled)"
             )
-        if pooled_dim is not None and pooled_f.shape[1] != pooled_dim:
-            raise ValueError(
-                f"model.encode_candidates returned {pooled_f.shape[1]}-dim pooled vectors but "
-                f"this store holds {pooled_dim}-dim ones"
-            )
+        _check_dim(pooled_f.shape[1], pooled_dim, "pooled vectors")
         pooled = _cast(pooled_f, dtype, "pooled vectors")
     return flat, lengths, pooled
+
+
+def _check_dim(got: int, stored: int | None, what: str) -> None:
+    if stored is not None and got != stored:
+        raise ValueError(
+            f"model.encode_candidates returned {got}-dim {what} but this store holds "
+            f"{stored}-dim {what}; the model changed mid-build or does not match the store"
+        )
 
 
 def _cast(arr: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:

@@ -13,7 +13,7 @@ an index. It reads every byte once and checks:
   vectors finite, and the FAISS copy (``pooled.faiss``) holding exactly the pooled vectors
   (L2-normalised for a cosine store);
 * the lookup index: docids strictly increasing (so unique), each mapped to a row whose shard
-  docid is that docid, live and superseded rows partitioning all rows, counts matching the
+  docid is that docid, every row mapped once, ``dead_rows.npy`` empty, counts matching the
   manifest;
 * the approximate index (``ann-*``) of the current generation, if any: ``ann.json`` readable,
   ``index.faiss`` of the recorded size and sha256 holding the recorded number of vectors.
@@ -32,10 +32,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import faiss
 import numpy as np
 
 from ._io import NPY_HEADER_ERRORS, json_text, sha256_file
+from .ann import ANN_PREFIX, INFO_CHECKSUM, info_checksum
 from .errors import StoreCorruptError
+from .layout import (
+    BUILD_STATE,
+    INDEX_FILES,
+    INDEX_PREFIX,
+    MANIFEST,
+    MANIFEST_CHECKSUM,
+    check_manifest,
+    looks_like_store,
+    manifest_checksum,
+)
+from .shard import TMP_PREFIX, l2_normalise, shard_number
 
 logger = logging.getLogger(__name__)
 
@@ -147,14 +160,6 @@ def verify_store(path: str | Path) -> VerifyReport:
         >>> report.ok, report.bad_files  # doctest: +SKIP
         (True, [])
     """
-    from .candidate_store import (
-        MANIFEST,
-        MANIFEST_CHECKSUM,
-        _check_manifest,
-        _looks_like_store,
-        manifest_checksum,
-    )
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no candidate store at {path}: it does not exist")
@@ -164,7 +169,7 @@ def verify_store(path: str | Path) -> VerifyReport:
         )
     report = VerifyReport(path)
     if not (path / MANIFEST).is_file():
-        if not _looks_like_store(path):
+        if not looks_like_store(path):
             raise FileNotFoundError(f"{path} is not a candidate store: it has no {MANIFEST}")
         report.add(
             MANIFEST,
@@ -189,7 +194,7 @@ def verify_store(path: str | Path) -> VerifyReport:
     elif recorded != manifest_checksum(manifest):
         report.add(MANIFEST, "does not match its recorded checksum: its content changed")
     try:
-        _check_manifest(path, manifest)
+        check_manifest(path, manifest)
     except StoreCorruptError as e:
         report.add(MANIFEST, f"is not a valid manifest ({e})")
         return report
@@ -291,18 +296,15 @@ def _verify_layout(path: Path, manifest: dict[str, Any], report: VerifyReport) -
         row += int(entry["count"])
     rows = row
     if manifest.get("rows", rows) != rows:
-        report.add(MANIFEST_NAME, f"says rows={manifest.get('rows')}, its shards hold {rows}")
+        report.add(MANIFEST, f"says rows={manifest.get('rows')}, its shards hold {rows}")
     total = sum(int(e["total_vectors"]) for e in shards)
     if manifest.get("total_vectors", total) != total:
         report.add(
-            MANIFEST_NAME,
+            MANIFEST,
             f"says total_vectors={manifest.get('total_vectors')}, its shards hold {total}",
         )
     _verify_index(path, manifest, shards, shard_docids, np.array(starts, np.int64), rows, report)
     _verify_ann(path, manifest, rows, report)
-
-
-MANIFEST_NAME = "manifest.json"
 
 
 def _verify_shard(
@@ -343,12 +345,12 @@ def _verify_shard(
     for fname, shape in expected.items():
         rel = f"{name}/{fname}"
         if fname not in files:
-            report.add(MANIFEST_NAME, f"does not list {rel}")
+            report.add(MANIFEST, f"does not list {rel}")
             continue
         rec = files[fname]
         if shape is not None and rec.get("shape") != shape:
             report.add(
-                MANIFEST_NAME,
+                MANIFEST,
                 f"records {rel} with shape {rec.get('shape')}, inconsistent with the shard's "
                 f"count/total_vectors/dim (expected {shape})",
             )
@@ -421,10 +423,6 @@ def _verify_faiss_copy(
     metric: str,
     report: VerifyReport,
 ) -> None:
-    import faiss
-
-    from .shard import l2_normalise
-
     try:
         index = faiss.read_index(str(faiss_path))
     except RuntimeError as e:
@@ -464,17 +462,16 @@ def _verify_index(
         report.add(name, "is missing (the manifest lists this lookup index)")
         return
     arrays = {}
-    for fname in ("docids_sorted.npy", "rows_sorted.npy", "dead_rows.npy"):
+    for fname in INDEX_FILES:
         rel = f"{name}/{fname}"
         rec = index["files"].get(fname)
         if rec is None:
-            report.add(MANIFEST_NAME, f"does not list {rel}")
+            report.add(MANIFEST, f"does not list {rel}")
             continue
         arrays[fname] = (
             _load_npy(root, rel, rec, report) if _check_file(root, rel, rec, report) else None
         )
-    keys, live, dead = (arrays.get(f) for f in ("docids_sorted.npy", "rows_sorted.npy",
-                                                "dead_rows.npy"))
+    keys, live, dead = (arrays.get(f) for f in INDEX_FILES)
     if keys is not None and len(keys) != manifest["count"]:
         report.add(f"{name}/docids_sorted.npy",
                    f"holds {len(keys)} docids, the manifest says count={manifest['count']}")
@@ -491,22 +488,19 @@ def _verify_index(
                     f"{max(lo - 1, 0) + i + 1}); every docid must map to exactly one row",
                 )
                 break
-    if dead is not None:
-        d = np.asarray(dead)
-        if len(d) and (d.min() < 0 or d.max() >= rows or (np.diff(d) <= 0).any()):
-            report.add(f"{name}/dead_rows.npy", f"is not a sorted set of rows in [0, {rows})")
-            dead = None
+    if dead is not None and len(dead):
+        report.add(
+            f"{name}/dead_rows.npy",
+            f"lists {len(dead)} superseded rows (written by add(replace=True) of an earlier "
+            "version); this version keeps the file empty and opens no store with superseded "
+            "rows: rebuild the store",
+        )
     if live is None or keys is None:
         return
-    if dead is not None and len(live) + len(dead) != rows:
-        report.add(
-            f"{name}/rows_sorted.npy",
-            f"has {len(live)} live rows, dead_rows.npy {len(dead)}, the shards hold {rows} rows",
-        )
+    if len(live) != rows:
+        report.add(f"{name}/rows_sorted.npy", f"has {len(live)} rows, the shards hold {rows}")
         return
     seen = np.zeros(rows, dtype=bool)
-    if dead is not None:
-        seen[np.asarray(dead)] = True
     for lo, hi in _chunks(len(live)):
         r = np.asarray(live[lo:hi])
         if len(r) and (r.min() < 0 or r.max() >= rows):
@@ -515,8 +509,7 @@ def _verify_index(
         if seen[r].any():
             report.add(
                 f"{name}/rows_sorted.npy",
-                "maps docids to a row that is superseded or already mapped (rows must be "
-                "unique)",
+                "maps two docids to the same row (rows must be unique)",
             )
             return
         seen[r] = True
@@ -538,29 +531,9 @@ def _verify_index(
                     f"{np.asarray(stored[r[i] - starts[s]])!r} in {shards[s]['name']}",
                 )
                 return
-    if dead is not None and len(dead):
-        # A superseded row's docid must still be live (in a newer row).
-        from ._io import lookup_sorted
-
-        for lo, hi in _chunks(len(dead)):
-            rr = np.asarray(dead[lo:hi])
-            shard_of = np.searchsorted(starts, rr, side="right") - 1
-            for s in np.unique(shard_of):
-                if shard_docids[s] is None:
-                    continue
-                sel = np.flatnonzero(shard_of == s)
-                ids = np.asarray(shard_docids[s][rr[sel] - starts[s]]).tolist()
-                if (lookup_sorted(keys, ids) < 0).any():
-                    report.add(
-                        f"{name}/dead_rows.npy",
-                        f"lists a superseded row of {shards[s]['name']} whose docid is not live",
-                    )
-                    return
 
 
 def _verify_ann(root: Path, manifest: dict[str, Any], rows: int, report: VerifyReport) -> None:
-    from .ann import ANN_PREFIX, INFO_CHECKSUM, info_checksum
-
     generation = int(manifest["index"]["generation"])
     current = f"{ANN_PREFIX}{generation:05d}"
     for d in sorted(root.glob(f"{ANN_PREFIX}*")):
@@ -601,8 +574,6 @@ def _verify_ann(root: Path, manifest: dict[str, Any], rows: int, report: VerifyR
                 continue
         else:
             report.notes.append(f"{rel} records no sha256 (built by an older mixencoder)")
-        import faiss
-
         try:
             index = faiss.read_index(str(p), faiss.IO_FLAG_MMAP)
         except RuntimeError as e:
@@ -613,9 +584,6 @@ def _verify_ann(root: Path, manifest: dict[str, Any], rows: int, report: VerifyR
 
 
 def _note_leftovers(root: Path, manifest: dict[str, Any], report: VerifyReport) -> None:
-    from .candidate_store import BUILD_STATE, INDEX_PREFIX
-    from .shard import TMP_PREFIX, shard_number
-
     keep = {e["name"] for e in manifest["shards"]} | {manifest["index"]["name"]}
     for p in sorted(root.iterdir()):
         if p.name.startswith(TMP_PREFIX) or p.name.startswith(".manifest.json.tmp"):
