@@ -41,7 +41,7 @@ from mixencoder.data import (
     read_ubuntu_v2_eval,
     read_ubuntu_v2_train,
 )
-from mixencoder.data.corpus import locate_invalid_utf8
+from mixencoder.data._text_files import locate_invalid_utf8
 
 FAST = 12  # examples per loader and property in the default run (x 16 loaders x 2 properties)
 SLOW = 400

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 
-from mixencoder.data.corpus import PathLike, check_id, first_content_line, open_text
+from mixencoder.data._text_files import PathLike, check_id, first_content_line, id_text_lines, open_text
 
 logger = logging.getLogger(__name__)
 
@@ -64,16 +64,8 @@ def _add(topics: dict[str, str], qid: str, text: str, where: str) -> None:
 
 def _read_tsv_topics(path: PathLike) -> dict[str, str]:
     topics: dict[str, str] = {}
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            qid, sep, text = line.partition("\t")
-            if not sep:
-                raise ValueError(f"{where}: expected 'qid<TAB>query', found no tab")
-            _add(topics, qid, text.strip(), where)
+    for line, qid, text in id_text_lines(path, "qid<TAB>query"):
+        _add(topics, qid, text.strip(), line.where)
     return topics
 
 
