@@ -109,7 +109,7 @@ def dstc7_examples(examples: Iterable[Any]) -> Iterator[Any]:
 def _pairs_jsonl(path: PathLike, task: str) -> Iterator[Any]:
     from mixencoder.training.examples import MatchingExample, PairExample
 
-    for where, obj in json_lines(path):
+    for line, obj in json_lines(path):
         try:
             if task == "matching":
                 yield MatchingExample(
@@ -118,8 +118,10 @@ def _pairs_jsonl(path: PathLike, task: str) -> Iterator[Any]:
                 )
             else:
                 yield PairExample(obj["premise"], obj["hypothesis"], obj["label"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{where}: bad {task} record: {e!r}") from None
+        except KeyError as e:
+            raise ValueError(f"{line.where}: bad {task} record: no field {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{line.where}: bad {task} record: {e}") from None
 
 
 def _optional_str(value: Any) -> str | None:
