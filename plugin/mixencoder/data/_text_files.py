@@ -1,9 +1,9 @@
 """The text-file plumbing every reader of :mod:`mixencoder.data` shares.
 
 Opening (UTF-8 only, ``.gz`` decompressed, errors naming file, line and byte), atomic writing,
-identifier checks, and the line loops the formats have in common: non-blank lines with their
-``file:line`` (:func:`content_lines`), JSON lines, whole JSON files, ``id<TAB>text`` lines and
-whitespace-separated columns. Each raises :class:`ValueError` naming ``file:line``.
+identifier checks, and the loops the formats have in common: non-blank lines with their
+``file:line`` (:func:`content_lines`), JSON lines, whole JSON files, ``id<TAB>text`` lines,
+whitespace-separated columns and the ``<DOC>``/``<top>`` blocks of TREC SGML files. Each raises :class:`ValueError` naming ``file:line``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import gzip
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator, NamedTuple
@@ -240,3 +241,59 @@ def whitespace_columns(path: PathLike, columns: str) -> Iterator[tuple[TextLine,
                 f"{line.text.strip()[:80]!r}"
             )
         yield line, fields
+
+
+def json_id(value: object, field: str, where: str) -> str:
+    """A JSON record's id field as a string (an integer is taken in decimal); not yet checked
+    for emptiness or whitespace (see :func:`check_id`)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: '{field}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def tagged_blocks(path: PathLike, tag: re.Pattern[str], name: str, nested_hint: str = "") -> Iterator[tuple[int, str]]:
+    """``(line of the opening tag, text inside)`` for every ``<name>...</name>`` block of an SGML
+    file (TREC documents and topics), wherever the tags sit on their lines.
+
+    Args:
+        tag: matches the opening and the closing tag (e.g. ``</?DOC>``).
+        name: the tag's name in error messages.
+        nested_hint: appended to the error for an opening tag inside an open block.
+
+    Raises:
+        ValueError: text outside a block, a closing tag without an opening one, a nested
+            opening tag or a block left open at the end of the file, naming ``file:line``.
+    """
+    start_line: int | None = None  # line of the open tag, None when outside a block
+    parts: list[str] = []
+    with open_text(path) as handle:
+        for line_no, line in enumerate(handle, start=1):
+            pos = 0
+            for match in tag.finditer(line):
+                chunk = line[pos:match.start()]
+                pos = match.end()
+                closing = match.group().startswith("</")
+                if start_line is None:
+                    if chunk.strip():
+                        raise ValueError(f"{path}:{line_no}: text outside <{name}>: {chunk.strip()[:60]!r}")
+                    if closing:
+                        raise ValueError(f"{path}:{line_no}: </{name}> without an open <{name}>")
+                    start_line, parts = line_no, []
+                else:
+                    if not closing:
+                        raise ValueError(
+                            f"{path}:{line_no}: <{name}> inside the <{name}> opened at line {start_line}{nested_hint}"
+                        )
+                    parts.append(chunk)
+                    yield start_line, "".join(parts)
+                    start_line, parts = None, []
+            rest = line[pos:]
+            if start_line is None:
+                if rest.strip():
+                    raise ValueError(f"{path}:{line_no}: text outside <{name}>: {rest.strip()[:60]!r}")
+            else:
+                parts.append(rest)
+    if start_line is not None:
+        raise ValueError(f"{path}:{start_line}: <{name}> not closed by </{name}> before end of file")

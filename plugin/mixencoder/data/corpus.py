@@ -32,9 +32,10 @@ from mixencoder.data._text_files import (
     check_id,
     first_content_line,
     id_text_lines,
+    json_id,
     json_lines,
     load_json,
-    open_text,
+    tagged_blocks,
 )
 
 logger = logging.getLogger(__name__)
@@ -127,11 +128,7 @@ def _json_doc(obj: object, where: str) -> Doc:
         raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     if "id" not in obj:
         raise ValueError(f"{where}: JSON document has no 'id' field")
-    docid = obj["id"]
-    if isinstance(docid, int) and not isinstance(docid, bool):
-        docid = str(docid)
-    if not isinstance(docid, str):
-        raise ValueError(f"{where}: 'id' must be a string, got {type(docid).__name__}")
+    docid = json_id(obj["id"], "id", where)
     if "contents" not in obj:
         raise ValueError(f"{where}: JSON document {docid!r} has no 'contents' field")
     contents = obj["contents"]
@@ -181,38 +178,8 @@ def _trec_doc(body: str, path: Path, start_line: int) -> Doc:
 
 
 def _read_trec(path: Path) -> Iterator[tuple[Doc, int]]:
-    start_line: int | None = None  # line of the open <DOC>, None when outside a document
-    parts: list[str] = []
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            # Split on <DOC>/</DOC> wherever they sit on the line.
-            pos = 0
-            for match in _DOC_TAG.finditer(line):
-                chunk = line[pos:match.start()]
-                pos = match.end()
-                if start_line is None:
-                    if chunk.strip():
-                        raise ValueError(f"{path}:{line_no}: text outside <DOC>: {chunk.strip()[:60]!r}")
-                    if match.group() == "</DOC>":
-                        raise ValueError(f"{path}:{line_no}: </DOC> without an open <DOC>")
-                    start_line, parts = line_no, []
-                else:
-                    if match.group() == "<DOC>":
-                        raise ValueError(
-                            f"{path}:{line_no}: <DOC> inside the <DOC> opened at line {start_line} "
-                            "(missing </DOC>)"
-                        )
-                    parts.append(chunk)
-                    yield _trec_doc("".join(parts), path, start_line), start_line
-                    start_line, parts = None, []
-            rest = line[pos:]
-            if start_line is None:
-                if rest.strip():
-                    raise ValueError(f"{path}:{line_no}: text outside <DOC>: {rest.strip()[:60]!r}")
-            else:
-                parts.append(rest)
-    if start_line is not None:
-        raise ValueError(f"{path}:{start_line}: <DOC> not closed by </DOC> before end of file")
+    for start_line, body in tagged_blocks(path, _DOC_TAG, "DOC", nested_hint=" (missing </DOC>)"):
+        yield _trec_doc(body, path, start_line), start_line
 
 
 _READERS = {"jsonl": _read_jsonl, "json": _read_json_array, "tsv": _read_tsv, "trec": _read_trec}

@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from typing import Iterator
 
-from mixencoder.data._text_files import PathLike, check_id, content_lines, first_content_line, json_lines
+from mixencoder.data._text_files import PathLike, check_id, content_lines, first_content_line, json_id, json_lines
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +61,7 @@ def _example(record: dict[str, object], where: str) -> NLIExample | None:
     for key in _FIELDS:
         if key not in record or record[key] is None:
             raise ValueError(f"{where}: missing field {key!r}")
-    pair_id = record["pairID"]
-    if isinstance(pair_id, int) and not isinstance(pair_id, bool):
-        pair_id = str(pair_id)
-    if not isinstance(pair_id, str):
-        raise ValueError(f"{where}: 'pairID' must be a string, got {type(pair_id).__name__}")
-    pair_id = check_id(pair_id.strip(), "pairID", where)
+    pair_id = check_id(json_id(record["pairID"], "pairID", where).strip(), "pairID", where)
     texts = []
     for key in ("sentence1", "sentence2", "gold_label"):
         value = record[key]

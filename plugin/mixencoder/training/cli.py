@@ -37,6 +37,11 @@ logger = logging.getLogger(__name__)
 MODEL_CONFIG_FLAGS = (
     "k", "interaction_layers", "similarity", "strategy", "mixing", "query_max_length", "candidate_max_length",
 )
+#: The TrainingConfig fields the flags set (each flag's destination is the field's name).
+TRAINING_CONFIG_FLAGS = (
+    "task", "batch_size", "hard_negatives_per_query", "learning_rate", "warmup_ratio", "epochs", "max_steps",
+    "max_seconds", "checkpoint_every", "seed", "mixed_precision", "new_parameters_lr_scale", "distillation_weight",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,15 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
     training = p.add_argument_group("training (TrainingConfig)")
     training.add_argument("--batch-size", type=int, default=16, help="queries per step (the paper: 64 on GPUs)")
-    training.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (the paper: 1e-5 for BERT-base)")
+    training.add_argument("--lr", dest="learning_rate", type=float, default=2e-5, help="peak learning rate (the paper: 1e-5 for BERT-base)")
     training.add_argument("--epochs", type=int, default=1)
     training.add_argument("--max-steps", type=int, default=None, help="total steps (overrides --epochs)")
     training.add_argument("--max-seconds", type=float, default=None, help="time budget of this invocation; re-run to continue")
     training.add_argument("--warmup-ratio", type=float, default=0.1)
-    training.add_argument("--new-params-lr-scale", type=float, default=1.0,
+    training.add_argument("--new-params-lr-scale", dest="new_parameters_lr_scale", type=float, default=1.0,
                           help="lr multiplier for parameters with no pre-trained counterpart "
                           "(gates, special tokens, scalar mixing weights, heads); default 1")
-    training.add_argument("--hard-negatives", type=int, default=0, help="hard negatives per query")
+    training.add_argument("--hard-negatives", dest="hard_negatives_per_query", type=int, default=0,
+                          help="hard negatives per query")
     training.add_argument("--checkpoint-every", type=int, default=100)
     training.add_argument("--seed", type=int, default=42)
     training.add_argument("--mixed-precision", choices=("auto", "bf16", "fp32"), default="auto")
@@ -105,7 +111,8 @@ def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 def model_config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The model-config fields given on the command line (and the NLI head's size for --task nli)."""
-    overrides = {name: getattr(args, name) for name in MODEL_CONFIG_FLAGS if getattr(args, name) is not None}
+    flags = vars(args)
+    overrides = {name: flags[name] for name in MODEL_CONFIG_FLAGS if flags[name] is not None}
     if args.task == "nli":
         from mixencoder.data.nli import LABELS
 
@@ -169,21 +176,7 @@ def _train(args: argparse.Namespace) -> None:
         budget = max(1, model.config.query_max_length - 2)
         contexts = left_truncate_texts(model.tokenizer, [e.query for e in examples], budget)
         examples = [dataclasses.replace(e, query=c) for c, e in zip(contexts, examples)]
-    config = TrainingConfig(
-        task=args.task,
-        batch_size=args.batch_size,
-        hard_negatives_per_query=args.hard_negatives,
-        learning_rate=args.lr,
-        warmup_ratio=args.warmup_ratio,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        max_seconds=args.max_seconds,
-        checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
-        mixed_precision=args.mixed_precision,
-        new_parameters_lr_scale=args.new_params_lr_scale,
-        distillation_weight=args.distillation_weight,
-    )
+    config = TrainingConfig(**{name: vars(args)[name] for name in TRAINING_CONFIG_FLAGS})
     result = train(model, examples, config, output_dir=args.out, resume=not args.no_resume,
                    device=args.device, teacher=teacher)
     logger.info(
