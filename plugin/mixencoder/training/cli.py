@@ -28,7 +28,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from mixencoder.cli import INPUT_ERRORS, is_saved_model_dir, load_model_flag, report_input_error
+from mixencoder.cli import DEFAULT_MODEL_TYPE, INPUT_ERRORS, is_saved_model_dir, load_model_flag, report_input_error
 from mixencoder.data.training_files import DIALOGUE_FORMATS, MATCHING_FORMATS, NLI_FORMATS
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def load_trainee(model: str | None, model_type: str | None, overrides: dict[str,
         return trainee
     from mixencoder.models import MODEL_TYPES
 
-    kind = model_type or "mixencoder"
+    kind = model_type or DEFAULT_MODEL_TYPE
     known = {f.name for f in dataclasses.fields(MODEL_TYPES[kind].CONFIG_CLASS)}
     foreign = sorted(k for k in overrides if k not in known)
     if foreign:
