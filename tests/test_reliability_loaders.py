@@ -77,6 +77,15 @@ def count_tag(tag: str, flags: int = 0) -> Callable[[bytes], int]:
     return lambda data: len(re.findall(tag, data.decode("utf-8-sig"), flags))
 
 
+def topics_records(data: bytes) -> int:
+    """read_topics reads a file as TREC topics when its first non-blank line starts with '<', and
+    as ``qid<TAB>query`` lines otherwise (random bytes such as ``b"\\x00\\t\\x00"`` are one TSV topic)."""
+    lines = [line for line in _text_lines(data) if line.strip()]
+    if lines and not lines[0].lstrip().startswith("<"):
+        return len(lines)
+    return count_tag("<top>", re.I)(data)
+
+
 def csv_records(data: bytes) -> int:
     rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""), strict=True))
     return sum(1 for row in rows[1:] if row)
@@ -162,7 +171,7 @@ def _build_loaders(data: Path) -> list[Loader]:
             lambda d: "".join(_head(d / "msmarco/dl20/queries.tsv", N_LINES)).encode(),
         ),
         Loader(
-            "topics-trec", ".trec", lambda p: len(read_topics(p)), count_tag("<top>", re.I),
+            "topics-trec", ".trec", lambda p: len(read_topics(p)), topics_records,
             lambda d: _until_last(_head(d / "vaswani/query-text.trec", 5 * N_LINES), "</top>"),
         ),
         Loader(
