@@ -400,6 +400,10 @@ def test_training_files_every_format_on_real_excerpts(shared_data: Path, dstc7_d
     [correct] = dstc7_dev[0]["options-for-correct-answers"]
     assert dstc7[0].positive == correct["utterance"] and len(dstc7[0].negatives) == 99
     assert correct["utterance"] not in dstc7[0].negatives
+    from mixencoder.data.training_files import response_matching_examples
+
+    bare = list(response_matching_examples(read_dstc7(dev_json), with_negatives=False))
+    assert [(e.query, e.positive, e.negatives) for e in bare] == [(e.query, e.positive, ()) for e in dstc7]
 
     mnli = read_training_examples(shared_data / "mnli/dev_matched_sample.jsonl", "mnli", "nli", limit=5)
     pairs, _ = read_mnli(shared_data / "mnli/dev_matched_sample.jsonl")

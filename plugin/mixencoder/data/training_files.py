@@ -64,11 +64,11 @@ def _examples(path: PathLike, fmt: str, task: str) -> Iterable[Any]:
     if fmt == "ubuntu-v2":
         from mixencoder.data.dialogue import read_ubuntu_v2_train
 
-        return ubuntu_v2_examples(read_ubuntu_v2_train(path))
+        return ubuntu_v2_matching_examples(read_ubuntu_v2_train(path))
     if fmt == "dstc7":
         from mixencoder.data.dialogue import read_dstc7
 
-        return dstc7_examples(read_dstc7(path))
+        return response_matching_examples(read_dstc7(path))
     from mixencoder.data.nli import read_mnli
 
     pairs, skipped = read_mnli(path)
@@ -76,7 +76,7 @@ def _examples(path: PathLike, fmt: str, task: str) -> Iterable[Any]:
     return (PairExample(p.premise, p.hypothesis, p.label_id) for p in pairs)
 
 
-def ubuntu_v2_examples(rows: Iterable[Any]) -> Iterator[Any]:
+def ubuntu_v2_matching_examples(rows: Iterable[Any]) -> Iterator[Any]:
     """Matching examples of the label-1 rows of :func:`~mixencoder.data.read_ubuntu_v2_train`
     (a label-0 row is a random response; in-batch negatives replace it)."""
     from mixencoder.training.examples import MatchingExample
@@ -90,15 +90,16 @@ def ubuntu_v2_examples(rows: Iterable[Any]) -> Iterator[Any]:
     logger.info("Ubuntu V2: dropped %d label-0 rows (training uses in-batch negatives)", dropped)
 
 
-def dstc7_examples(examples: Iterable[Any]) -> Iterator[Any]:
-    """One matching example per correct answer of each :class:`~mixencoder.data.ResponseExample`,
-    the example's other options as its hard negatives."""
+def response_matching_examples(examples: Iterable[Any], *, with_negatives: bool = True) -> Iterator[Any]:
+    """One matching example per correct answer of each :class:`~mixencoder.data.ResponseExample`
+    (DSTC7, or the Ubuntu V2 valid/test files), the example's other candidates as its hard
+    negatives (none with ``with_negatives=False``, for training on in-batch negatives alone)."""
     from mixencoder.training.examples import MatchingExample
 
     for ex in examples:
         context = " ".join(ex.context)
         positives = set(ex.positive_ids)
-        negatives = tuple(t for t, c in zip(ex.candidates, ex.candidate_ids) if c not in positives)
+        negatives = tuple(t for t, c in zip(ex.candidates, ex.candidate_ids) if c not in positives) if with_negatives else ()
         for text, cid in zip(ex.candidates, ex.candidate_ids):
             if cid in positives:
                 yield MatchingExample(
