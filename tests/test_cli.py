@@ -237,3 +237,15 @@ def test_train_bad_inputs_name_the_problem(tiny_backbone_dir, work, tmp_path, ca
         mixencoder([*base, "--format", "mnli", "--train", pairs])
     assert exit_.value.code == 2 and "--format mnli does not fit --task matching" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_train_on_dialogue_contexts_cut_from_the_left(tiny_backbone_dir, shared_data, tmp_path):
+    # The Ubuntu V2 training layout: contexts longer than the query length are cut from the left.
+    lines = (shared_data / "ubuntu/v2/train.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    head = tmp_path / "train.csv"
+    head.write_text("".join(lines[:13]), encoding="utf-8")  # a header and 12 single-line rows
+    out = tmp_path / "run"
+    assert mixencoder(["train", "--format", "ubuntu-v2", "--train", str(head), "--model", str(tiny_backbone_dir),
+                       "--out", str(out), *LENGTH_FLAGS, "--batch-size", "2", "--max-steps", "1",
+                       "--device", "cpu", "--log-level", "WARNING"]) == 0
+    assert load_model(out / "final").config.query_max_length == 24
