@@ -640,7 +640,7 @@ def load_msmarco_triples(
     passages those triples use are kept in memory.
     """
     from mixencoder.data import read_id_triples, read_triples
-    from mixencoder.data.corpus import open_text
+    from mixencoder.data import open_text
 
     def first(names: Sequence[str], *folders: Path) -> Path | None:
         for folder in folders:

@@ -4,12 +4,12 @@
 
 1. Vaswani (a complete collection): a Pyserini BM25 index, a candidate store built with the
    model (build throughput and bytes per candidate reported), every query reranked through
-   ``RerankingSearcher`` and, from the same index's BM25 run, through the run-file CLI; the two
-   runs must be identical. Per-query reranking time for ``--depth`` candidates is measured.
+   ``RerankingSearcher`` and, from the same index's BM25 run, through ``mixencoder rerank``; the
+   two runs must be identical. Per-query reranking time for ``--depth`` candidates is measured.
    Both fuse the model's scores with BM25's by the package default
    (:data:`mixencoder.fusion.DEFAULT_FUSION`, interpolation with alpha 0.2).
-2. MS MARCO DL20: its given BM25 top-100 run (made over the full collection) reranked by the CLI
-   from a store of its passages.
+2. MS MARCO DL20: its given BM25 top-100 run (made over the full collection) reranked by
+   ``mixencoder rerank`` from a store of its passages.
 Both are evaluated with ir-measures against BM25. Index and stores are reused when present.
 """
 
@@ -22,17 +22,20 @@ import statistics
 import time
 from pathlib import Path
 
-from mixencoder import CandidateStore, MixEncoder, Reranker, RerankingSearcher
+from typing import Any
+
+from mixencoder import CandidateStore, Reranker, RerankingSearcher
+from mixencoder.cli import load_model_flag
+from mixencoder.cli import main as mixencoder_command
 from mixencoder.data import read_corpus, read_qrels, read_run, read_topics, write_run
 from mixencoder.evaluation import evaluate
 from mixencoder.first_stage import BM25Searcher, bm25_run, build_bm25_index
-from mixencoder.rerank import main as rerank_cli
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 logger = logging.getLogger("end_to_end")
 
 
-def open_or_build_store(path: Path, model: MixEncoder, corpus: Path) -> tuple[CandidateStore, dict]:
+def open_or_build_store(path: Path, model: Any, corpus: Path) -> tuple[CandidateStore, dict]:
     if (path / "manifest.json").is_file():
         store = CandidateStore.open(path, model=model)
         return store, {"docs_per_s": store.manifest.get("build_docs_per_s"), "reused": True}
@@ -41,7 +44,7 @@ def open_or_build_store(path: Path, model: MixEncoder, corpus: Path) -> tuple[Ca
     return store, dict(store.last_build_stats)
 
 
-def vaswani(work: Path, model: MixEncoder, model_arg: str | None, depth: int) -> dict:
+def vaswani(work: Path, model: Any, model_arg: str | None, depth: int) -> dict:
     data = DATA / "vaswani"
     index = work / "vaswani" / "index"
     if not index.is_dir():
@@ -71,16 +74,16 @@ def vaswani(work: Path, model: MixEncoder, model_arg: str | None, depth: int) ->
     assert searcher_run == run, "RerankingSearcher.batch_search disagrees with Reranker.rerank"
     write_run(searcher_run, work / "vaswani" / "searcher.trec", tag="mixencoder")
 
-    # (b) the same index's BM25 run through the run-file CLI
+    # (b) the same index's BM25 run through `mixencoder rerank`
     bm25 = bm25_run(searcher, topics, depth)
     write_run(bm25, work / "vaswani" / "bm25.trec", tag="bm25")
     topics_tsv = work / "vaswani" / "topics.tsv"
     topics_tsv.write_text("".join(f"{q}\t{t}\n" for q, t in topics.items()))
-    cli_args = ["--run", str(work / "vaswani" / "bm25.trec"), "--topics", str(topics_tsv),
+    cli_args = ["rerank", "--run", str(work / "vaswani" / "bm25.trec"), "--topics", str(topics_tsv),
                 "--store", str(store.path), "--output", str(work / "vaswani" / "cli.trec"), "--depth", str(depth)]
     if model_arg:
         cli_args += ["--model", model_arg]
-    rerank_cli(cli_args)
+    _run_command(cli_args)
     identical = (work / "vaswani" / "cli.trec").read_bytes() == (work / "vaswani" / "searcher.trec").read_bytes()
 
     full = [q for q in topics if len(bm25[q]) == depth]
@@ -99,16 +102,16 @@ def vaswani(work: Path, model: MixEncoder, model_arg: str | None, depth: int) ->
     }
 
 
-def dl20(work: Path, model: MixEncoder, model_arg: str | None) -> dict:
+def dl20(work: Path, model: Any, model_arg: str | None) -> dict:
     data = DATA / "msmarco" / "dl20"
     store, build = open_or_build_store(work / "dl20" / "store", model, data / "collection.tsv")
     out = work / "dl20" / "mixencoder.trec"
-    args = ["--run", str(data / "bm25.top100.trec"), "--topics", str(data / "queries.tsv"),
+    args = ["rerank", "--run", str(data / "bm25.top100.trec"), "--topics", str(data / "queries.tsv"),
             "--store", str(store.path), "--output", str(out)]
     if model_arg:
         args += ["--model", model_arg]
     t0 = time.perf_counter()
-    rerank_cli(args)
+    _run_command(args)
     seconds = time.perf_counter() - t0
     qrels = read_qrels(data / "qrels.txt")
     measures = ["nDCG@10", "RR(rel=2)@10", "R(rel=2)@100"]
@@ -121,14 +124,21 @@ def dl20(work: Path, model: MixEncoder, model_arg: str | None) -> dict:
     }
 
 
+def _run_command(argv: list[str]) -> None:
+    """Run ``mixencoder ARGV`` in this process; a failed command stops the job."""
+    code = mixencoder_command(argv)
+    if code != 0:
+        raise SystemExit(f"mixencoder {argv[0]} exited {code}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=Path("work/e2e"))
-    p.add_argument("--model", default=None, help="saved MixEncoder (default: untrained, bundled MiniLM)")
+    p.add_argument("--model", default=None, help="saved model of any kind (default: an untrained MixEncoder on the bundled MiniLM)")
     p.add_argument("--depth", type=int, default=1000)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    model = MixEncoder.from_pretrained(args.model)
+    model = load_model_flag(args.model)
     report = {"vaswani": vaswani(args.work, model, args.model, args.depth), "dl20": dl20(args.work, model, args.model)}
     print(json.dumps(report, indent=2))
     (args.work / "report.json").write_text(json.dumps(report, indent=2))

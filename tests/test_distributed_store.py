@@ -7,7 +7,6 @@ import itertools
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +14,8 @@ import pytest
 import ray
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
-import compare_stores  # noqa: E402
-
 from mixencoder import CandidateStore, MixEncoder
+from mixencoder.cli import main as mixencoder_command
 from mixencoder.data.corpus import read_corpus, write_jsonl_collection
 from mixencoder.models import load_model
 from mixencoder.models.base import CandidateReps
@@ -98,8 +95,8 @@ def test_ray_build_equals_single_process_build(
     queries = model.encode_queries_pooled(["measurement of dielectric constant", "ferrite cores"])
     for hits_a, hits_b in zip(single.search(queries, k=5), on_ray.search(queries, k=5)):
         assert [d for d, _ in hits_a] == [d for d, _ in hits_b]
-    # pipelines/compare_stores.py, the check the README gives for a full corpus, agrees
-    assert compare_stores.main([str(tmp_path / "single"), str(ray_store), "--atol", "2e-3"]) == 0
+    # `mixencoder store compare`, the check the README gives for a full corpus, agrees
+    assert mixencoder_command(["store", "compare", str(tmp_path / "single"), str(ray_store), "--atol", "2e-3"]) == 0
 
 
 def test_ray_build_resumes_skipping_finished_shards(

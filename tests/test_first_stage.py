@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import os
 import shutil
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import mixencoder
-from mixencoder.data import read_corpus, read_run, read_topics, sorted_hits, write_run
+from mixencoder.data import read_corpus, read_topics, sorted_hits, write_run
 from mixencoder.first_stage import (
     BM25Searcher,
     LuceneDocSource,
@@ -24,7 +23,6 @@ from mixencoder.first_stage import (
 )
 from mixencoder.first_stage.java import MIN_JAVA_VERSION, java_version
 
-ROOT = Path(__file__).resolve().parents[1]
 N_DOCS = 500
 
 
@@ -208,22 +206,3 @@ def test_build_index_malformed_corpus_leaves_nothing(tmp_path: Path, vaswani: Pa
     with pytest.raises(ValueError, match=r"bad\.trec:4"):
         build_bm25_index(corpus, tmp_path / "idx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.trec"]
-
-
-def test_build_index_pipeline_cli(tmp_path: Path, vaswani: Path) -> None:
-    spec = importlib.util.spec_from_file_location("build_index", ROOT / "pipelines" / "build_index.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    corpus = tmp_path / "corpus.trec"
-    lines = (vaswani / "doc-text.trec").read_text(encoding="utf-8").splitlines(keepends=True)
-    end = [i for i, line in enumerate(lines) if line.strip() == "</DOC>"][99]  # first 100 docs
-    corpus.write_text("".join(lines[:end + 1]), encoding="utf-8")
-    run_path = tmp_path / "run.trec"
-    rc = module.main(["--log-level", "WARNING", "--corpus", str(corpus), "--index", str(tmp_path / "idx"), "--threads", "1",
-                      "--topics", str(vaswani / "query-text.trec"), "--run", str(run_path),
-                      "--k", "5"])
-    assert rc == 0
-    run = read_run(run_path)
-    assert len(run) == len(read_topics(vaswani / "query-text.trec"))
-    assert all(len(h) <= 5 for h in run.values()) and any(run.values())
-    assert run_path.read_text(encoding="utf-8").split("\n", 1)[0].endswith(" bm25")

@@ -13,7 +13,7 @@ from mixencoder.data import read_corpus, read_qrels, read_run, read_topics, writ
 from mixencoder.evaluation import evaluate
 from mixencoder.fusion import DEFAULT_FUSION
 from mixencoder.first_stage import BM25Searcher, bm25_run, build_bm25_index
-from mixencoder.rerank import main as rerank_main
+from mixencoder.cli import main as mixencoder_command
 
 N_DOCS = 600
 N_QUERIES = 8
@@ -44,7 +44,8 @@ def test_searcher_and_run_file_cli_give_identical_runs(vaswani, minilm):
 
     # The same index's BM25 run, reranked by the CLI, must give the same file byte for byte.
     write_run(bm25_run(searcher, vaswani["topics"], DEPTH), vaswani["root"] / "bm25.trec", tag="bm25")
-    assert rerank_main([
+    assert mixencoder_command([
+        "rerank",
         "--run", str(vaswani["root"] / "bm25.trec"),
         "--topics", str(vaswani["topics_file"]),
         "--store", str(vaswani["root"] / "store"),
@@ -98,8 +99,8 @@ def test_dl20_bm25_run_reranked_by_the_cli_beats_bm25(shared_data, minilm, tmp_p
     needed = {d for q in qids for d in sub_run[q]}
     passages = [doc for doc in read_corpus(dl20 / "collection.tsv") if doc.docid in needed]
     CandidateStore.build(tmp_path / "store", minilm, passages, batch_size=64)
-    assert rerank_main([
-        "--run", str(tmp_path / "bm25.trec"), "--topics", str(dl20 / "queries.tsv"),
+    assert mixencoder_command([
+        "rerank", "--run", str(tmp_path / "bm25.trec"), "--topics", str(dl20 / "queries.tsv"),
         "--store", str(tmp_path / "store"), "--output", str(tmp_path / "out.tsv"), "--format", "msmarco",
     ]) == 0
     lines = (tmp_path / "out.tsv").read_text().splitlines()

@@ -41,7 +41,7 @@ from mixencoder.data import (
     read_ubuntu_v2_eval,
     read_ubuntu_v2_train,
 )
-from mixencoder.data.corpus import locate_invalid_utf8
+from mixencoder.data._text_files import locate_invalid_utf8
 
 FAST = 12  # examples per loader and property in the default run (x 16 loaders x 2 properties)
 SLOW = 400
@@ -75,6 +75,15 @@ def nonblank(data: bytes) -> int:
 
 def count_tag(tag: str, flags: int = 0) -> Callable[[bytes], int]:
     return lambda data: len(re.findall(tag, data.decode("utf-8-sig"), flags))
+
+
+def topics_records(data: bytes) -> int:
+    """read_topics reads a file as TREC topics when its first non-blank line starts with '<', and
+    as ``qid<TAB>query`` lines otherwise (random bytes such as ``b"\\x00\\t\\x00"`` are one TSV topic)."""
+    lines = [line for line in _text_lines(data) if line.strip()]
+    if lines and not lines[0].lstrip().startswith("<"):
+        return len(lines)
+    return count_tag("<top>", re.I)(data)
 
 
 def csv_records(data: bytes) -> int:
@@ -162,7 +171,7 @@ def _build_loaders(data: Path) -> list[Loader]:
             lambda d: "".join(_head(d / "msmarco/dl20/queries.tsv", N_LINES)).encode(),
         ),
         Loader(
-            "topics-trec", ".trec", lambda p: len(read_topics(p)), count_tag("<top>", re.I),
+            "topics-trec", ".trec", lambda p: len(read_topics(p)), topics_records,
             lambda d: _until_last(_head(d / "vaswani/query-text.trec", 5 * N_LINES), "</top>"),
         ),
         Loader(

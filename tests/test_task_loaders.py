@@ -376,3 +376,71 @@ def test_kfold_split_partitions_queries():
         kfold_split(["a", "b", "a"], k=2, seed=0)
     with pytest.raises(ValueError, match="k must be"):
         kfold_split(qids, k=1, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training files (mixencoder train --format)
+
+
+def test_training_files_every_format_on_real_excerpts(shared_data: Path, dstc7_dev: list[dict], tmp_path: Path):
+    from mixencoder.data.training_files import read_training_examples
+
+    train_csv = tmp_path / "train.csv"
+    rows = _csv_head(shared_data / "ubuntu/v2/train.csv", train_csv, 20)
+    ubuntu = read_training_examples(train_csv, "ubuntu-v2")
+    # Label-0 rows are dropped; a label-1 row's turns are joined oldest first.
+    assert len(ubuntu) == sum(r[2] == "1" for r in rows) == 10
+    pair = next(p for p in read_ubuntu_v2_train(train_csv) if p.label == 1)
+    assert (ubuntu[0].query, ubuntu[0].positive, ubuntu[0].negatives) == (" ".join(pair.context), pair.response, ())
+
+    dev_json = tmp_path / "dev.json"
+    dev_json.write_text(json.dumps(dstc7_dev[:2]), encoding="utf-8")
+    dstc7 = read_training_examples(dev_json, "dstc7")
+    assert len(dstc7) == 2 and [e.query_id for e in dstc7] == ["dev-0", "dev-1"]
+    [correct] = dstc7_dev[0]["options-for-correct-answers"]
+    assert dstc7[0].positive == correct["utterance"] and len(dstc7[0].negatives) == 99
+    assert correct["utterance"] not in dstc7[0].negatives
+    from mixencoder.data.training_files import response_matching_examples
+
+    bare = list(response_matching_examples(read_dstc7(dev_json), with_negatives=False))
+    assert [(e.query, e.positive, e.negatives) for e in bare] == [(e.query, e.positive, ()) for e in dstc7]
+
+    mnli = read_training_examples(shared_data / "mnli/dev_matched_sample.jsonl", "mnli", "nli", limit=5)
+    pairs, _ = read_mnli(shared_data / "mnli/dev_matched_sample.jsonl")
+    assert [(e.premise, e.hypothesis, e.label) for e in mnli] == [(p.premise, p.hypothesis, p.label_id) for p in pairs[:5]]
+
+    triples = tmp_path / "triples.tsv"
+    triples.write_text("what is rain\twater falling\ta city\nbread\tbaked dough\tthe sea\n", encoding="utf-8")
+    [first, second] = read_training_examples(triples, "msmarco-triples")
+    assert (second.query, second.positive, second.negatives) == ("bread", "baked dough", ("the sea",))
+    assert read_training_examples(triples, "msmarco-triples", limit=1) == [first]
+
+
+def test_training_files_errors_name_the_problem(tmp_path: Path):
+    from mixencoder.data.training_files import read_training_examples
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"premise": "a", "hypothesis": "b", "label": 1}\n[1, 2]\n', encoding="utf-8")
+    assert read_training_examples(pairs, "pairs-jsonl", "nli", limit=1)[0].label == 1
+    with pytest.raises(ValueError, match=_where(pairs, 2) + ": expected a JSON object, got list"):
+        read_training_examples(pairs, "pairs-jsonl", "nli")
+    pairs.write_text('{"query": "q", "positive": "p", "negatives": ["  "]}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=_where(pairs, 1) + r": bad matching record: MatchingExample.negatives\[0\]"):
+        read_training_examples(pairs, "pairs-jsonl")
+    with pytest.raises(ValueError, match="format 'mnli' does not fit task 'matching'"):
+        read_training_examples(pairs, "mnli")
+
+
+def test_left_truncate_texts_keeps_the_latest_tokens():
+    from transformers import AutoTokenizer
+
+    from mixencoder.data.dialogue import left_truncate_texts
+
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(__file__).parent / "fixtures" / "tiny-bert"))
+    assert tokenizer.is_fast
+    text = "the rain of the city is water and the bread is a roll"
+    [cut, short] = left_truncate_texts(tokenizer, [text, "a roll"], 4)
+    assert cut == "the bread is a roll"[-len(cut):] and text.endswith(cut)
+    assert len(tokenizer(cut, add_special_tokens=False)["input_ids"]) == 4
+    assert short == "a roll"  # within the budget: unchanged
+    assert left_truncate_texts(tokenizer, [], 4) == []

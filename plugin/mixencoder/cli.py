@@ -2,23 +2,70 @@
 
 ``mixencoder SUBCOMMAND [ARGS...]`` hands ``ARGS`` to the subcommand's own ``main(argv)``;
 each subcommand module is imported only when it runs, so ``mixencoder rerank`` never imports
-the web stack and ``mixencoder serve`` never imports what it does not serve.
+the web stack and ``mixencoder serve`` never imports the trainer.
 
-Add a subcommand by adding one entry to :data:`SUBCOMMANDS`: ``name -> (module, help)``; the
+Every subcommand is thin in Pyserini's manner: parse the flags, make one library call, write
+the result. Add one by adding an entry to :data:`SUBCOMMANDS`: ``name -> (module, help)``; the
 module must define ``main(argv: list[str] | None) -> int``.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+from typing import Any
 
-#: name -> (module with ``main(argv) -> int``, one-line help)
+#: name -> (module with ``main(argv) -> int``, one-line help), in the order a job runs them.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "rerank": ("mixencoder.rerank", "rerank a TREC or MS MARCO run file (python -m mixencoder.rerank)"),
+    "index": ("mixencoder.first_stage.cli", "build a BM25 (Lucene) index with Pyserini; optionally write a BM25 run"),
+    "store": ("mixencoder.store.cli", "candidate stores: `store build`, `store verify`, `store compare`"),
+    "train": ("mixencoder.training.cli", "train a MixEncoder or a baseline from a data file"),
+    "rerank": ("mixencoder.rerank", "rerank a TREC or MS MARCO run file (also python -m mixencoder.rerank)"),
+    # "eval": ("mixencoder.experiment.cli", "..."): registered here once mixencoder.experiment exists.
     "serve": ("mixencoder.service", "HTTP rerank service (TEI, Cohere and Jina request shapes; store endpoint)"),
-    "store": ("mixencoder.store.cli", "candidate store tools: `store verify PATH` checks every file of a store"),
 }
+
+#: What ``--model`` builds on a backbone (a directory that is not a saved model, a hub name, or
+#: nothing for the bundled MiniLM) when no ``--model-type`` says otherwise.
+DEFAULT_MODEL_TYPE = "mixencoder"
+
+
+def load_model_flag(model: str | os.PathLike | None, model_type: str | None = None, **config: Any) -> Any:
+    """The model a ``--model`` flag names: a saved model of any kind (its ``config.json`` says
+    which), or a fresh ``model_type`` (default :data:`DEFAULT_MODEL_TYPE`) on a backbone.
+
+    ``model_type`` given with a saved model must match it; ``config`` fields apply to a fresh model.
+    Raises ``ValueError`` (from :func:`mixencoder.models.load_model`) on a mismatch.
+    """
+    from .models import load_model
+
+    if model_type is None and not is_saved_model_dir(model):
+        model_type = DEFAULT_MODEL_TYPE
+    return load_model(model, model_type=model_type, **config)
+
+
+def is_saved_model_dir(path: str | os.PathLike | None) -> bool:
+    """Whether ``path`` is a directory written by a model's ``save_pretrained`` (not a backbone)."""
+    from .models.persistence import is_saved_model, read_config
+
+    if path is None:
+        return False
+    data = read_config(path)
+    return data is not None and is_saved_model(data)
+
+
+#: What a library call raises for bad input (a missing file, a malformed line, a store of another
+#: model): a subcommand reports it in one line and exits 2 rather than printing a traceback.
+INPUT_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, KeyError)
+
+
+def report_input_error(command: str, error: BaseException) -> int:
+    """Write ``command: error`` to stderr; return exit code 2."""
+    # str(KeyError) wraps the message in quotes; its argument is the message.
+    message = error.args[0] if isinstance(error, KeyError) and error.args else error
+    sys.stderr.write(f"{command}: {message}\n")
+    return 2
 
 
 def _usage() -> str:

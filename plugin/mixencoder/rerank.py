@@ -5,8 +5,9 @@
 query once and scores every candidate through the model's :class:`~mixencoder.models.Scorer`
 protocol. It knows no search engine: :mod:`mixencoder.search` wraps it around one.
 
-Also the run-file CLI: ``python -m mixencoder.rerank --run RUN --topics TOPICS --model DIR
---store DIR --output OUT`` reads a TREC or MS MARCO run and writes the reranked run.
+Also the run-file command: ``mixencoder rerank --run RUN --topics TOPICS --model DIR --store DIR
+--output OUT`` (or ``python -m mixencoder.rerank ...``) reads a TREC or MS MARCO run and writes
+the reranked run.
 """
 
 from __future__ import annotations
@@ -255,13 +256,13 @@ def _pad_to(vectors: torch.Tensor, m: int) -> torch.Tensor:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m mixencoder.rerank",
-        description="Rerank a TREC or MS MARCO run file with a MixEncoder and its candidate store.",
+        prog="mixencoder rerank",
+        description="Rerank a TREC or MS MARCO run file with a model and its candidate store.",
     )
     p.add_argument("--run", required=True, type=Path, help="first-stage run (TREC or MS MARCO format)")
     p.add_argument("--topics", required=True, type=Path, help="queries (MS MARCO tsv or TREC topics)")
     p.add_argument("--output", required=True, type=Path, help="where to write the reranked run")
-    p.add_argument("--model", default=None, help="saved MixEncoder dir or backbone (default: bundled MiniLM)")
+    p.add_argument("--model", default=None, help="saved model directory (any kind) or a backbone for a fresh MixEncoder (default: bundled MiniLM)")
     p.add_argument("--store", type=Path, default=None, help="candidate store built by the same model")
     p.add_argument("--index", type=Path, default=None, help="Lucene index with raw docs, for candidates missing from the store")
     p.add_argument("--collection", type=Path, default=None, help="corpus file, for candidates missing from the store")
@@ -295,17 +296,30 @@ def fusion_from_args(method: str, alpha: float | None, rrf_k: float) -> Fusion |
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m mixencoder.rerank``."""
-    from .data.corpus import read_corpus
-    from .data.runs import read_run, write_run
-    from .data.topics import read_topics
-    from .models import MixEncoder
-    from .store import CandidateStore
+    """Entry point of ``mixencoder rerank`` (and ``python -m mixencoder.rerank``); returns the exit
+    code, 2 for an input it cannot use (a missing or malformed file, a store of another model)."""
+    from .cli import INPUT_ERRORS, report_input_error
 
     args = _parser().parse_args(argv)
     fusion = fusion_from_args(args.fusion, args.alpha, args.rrf_k)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    model = MixEncoder.from_pretrained(args.model)
+    try:
+        _rerank_run_file(args, fusion)
+    except INPUT_ERRORS as e:
+        return report_input_error("mixencoder rerank", e)
+    return 0
+
+
+def _rerank_run_file(args: argparse.Namespace, fusion: Fusion | None) -> None:
+    from .cli import load_model_flag
+    from .data.corpus import read_corpus
+    from .data.runs import read_run, write_run
+    from .data.topics import read_topics
+    from .store import CandidateStore
+
+    # The inputs are read before the model loads, so a bad file fails in a second, not after it.
+    run = read_run(args.run)
+    topics = read_topics(args.topics)
     store = CandidateStore.open(args.store) if args.store else None
     doc_source: Any = None
     if args.index is not None:
@@ -314,9 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         doc_source = BM25Searcher(args.index)
     elif args.collection is not None:
         doc_source = {d.docid: d.text for d in read_corpus(args.collection)}
-    reranker = Reranker(model, store, doc_source, batch_size=args.batch_size, fusion=fusion)
-    run = read_run(args.run)
-    topics = read_topics(args.topics)
+    reranker = Reranker(load_model_flag(args.model), store, doc_source, batch_size=args.batch_size, fusion=fusion)
     start = time.perf_counter()
     reranked = reranker.rerank_run(run, topics, depth=args.depth)
     seconds = time.perf_counter() - start
@@ -328,7 +340,6 @@ def main(argv: list[str] | None = None) -> int:
         "reranked %d queries (%d candidates, fusion %s) in %.1f s: %.1f ms per query; wrote %s",
         len(run), n, reranker.fusion_in_use, seconds, 1000 * seconds / max(len(run), 1), args.output,
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Readers and writers for corpora, topics, qrels and runs in their official formats.
 
-Model-free on purpose: importing this package pulls in neither torch nor Pyserini.
+Model-free on purpose: importing this package pulls in neither torch nor Pyserini. Every reader
+opens files through :func:`open_text` (UTF-8 only, ``.gz`` decompressed, errors naming file and
+line); writers write through :func:`atomic_write`.
 """
 
 from __future__ import annotations
 
+from mixencoder.data._text_files import atomic_write, open_text
 from mixencoder.data.corpus import Doc, read_corpus, write_jsonl_collection
 from mixencoder.data.qrels import Qrels, read_qrels
 from mixencoder.data.runs import Run, Top1000, read_run, read_top1000, sorted_hits, write_run
@@ -28,9 +31,11 @@ __all__ = [
     "ResponseExample",
     "TrainPair",
     "Triple",
+    "atomic_write",
     "hard_negatives_from_run",
     "join_context",
     "kfold_split",
+    "open_text",
     "qrels_training_pairs",
     "read_dstc7",
     "read_id_triples",

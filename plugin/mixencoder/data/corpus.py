@@ -14,26 +14,31 @@ Readers stream (one document in memory at a time, except for JSON-array files) a
 malformed record raises :class:`ValueError` naming the file and line, and duplicate docids are an
 error, since a silently dropped or shadowed document would corrupt every downstream number.
 
-The module also hosts the small I/O helpers the other readers share (:func:`open_text`,
-:func:`atomic_write`).
+The I/O helpers the readers share live in :mod:`mixencoder.data._text_files`.
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
-import gzip
 import json
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
-from typing import IO, Iterable, Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
+
+from mixencoder.data._text_files import (
+    PathLike,
+    atomic_write,
+    check_id,
+    first_content_line,
+    id_text_lines,
+    json_id,
+    json_lines,
+    load_json,
+    tagged_blocks,
+)
 
 logger = logging.getLogger(__name__)
-
-PathLike = str | os.PathLike[str]
 
 #: File name endings read when ``read_corpus`` is given a directory.
 CORPUS_SUFFIXES = (".jsonl", ".json", ".tsv", ".trec", ".txt")
@@ -44,169 +49,6 @@ class Doc(NamedTuple):
 
     docid: str
     text: str
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared I/O helpers.
-
-
-def open_text(path: PathLike, *, newline: str | None = None) -> IO[str]:
-    """Opens a UTF-8 text file for reading, transparently decompressing ``.gz``.
-
-    Universal-newline mode is kept, so CRLF files read like LF files (``newline=""`` turns it
-    off, as the csv module needs). A UTF-8 byte-order mark at the start is dropped.
-
-    Encoding policy (every loader of :mod:`mixencoder.data` reads through this): input must be
-    UTF-8. Bytes that are not raise :class:`ValueError` naming the file, the line and the byte
-    offset of the first bad byte (``corpus.tsv:17: invalid UTF-8 ...``), never a bare
-    ``UnicodeDecodeError``: a replaced character would silently change a docid or a query.
-    Re-encode such a file first, e.g. ``iconv -f latin1 -t utf-8``.
-    """
-    path = Path(path)
-    if path.suffix == ".gz":
-        handle = gzip.open(path, "rt", encoding="utf-8", newline=newline)
-    else:
-        handle = open(path, encoding="utf-8", newline=newline)
-    return _Utf8Checked(handle, path)  # type: ignore[return-value]
-
-
-class _Utf8Checked:
-    """A text handle whose decoding errors name the file, line and byte offset."""
-
-    def __init__(self, handle: IO[str], path: Path) -> None:
-        self._handle = handle
-        self._path = path
-        # The BOM is dropped by hand: the "utf-8-sig" codec silently decodes a file holding
-        # only a truncated BOM (b"\xef") as empty, which would hide a damaged file.
-        self._at_start = True
-
-    def _strip_bom(self, text: str) -> str:
-        if self._at_start and text:
-            self._at_start = False
-            if text.startswith("\ufeff"):
-                return text[1:]
-        return text
-
-    def __enter__(self) -> _Utf8Checked:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._handle.close()
-
-    def __iter__(self) -> _Utf8Checked:
-        return self
-
-    def __next__(self) -> str:
-        try:
-            return self._strip_bom(next(self._handle))
-        except UnicodeDecodeError as exc:
-            raise self._error(exc) from None
-
-    def read(self, size: int = -1) -> str:
-        try:
-            return self._strip_bom(self._handle.read(size))
-        except UnicodeDecodeError as exc:
-            raise self._error(exc) from None
-
-    def readline(self, size: int = -1) -> str:
-        try:
-            return self._strip_bom(self._handle.readline(size))
-        except UnicodeDecodeError as exc:
-            raise self._error(exc) from None
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._handle, name)
-
-    def _error(self, exc: UnicodeDecodeError) -> ValueError:
-        line, offset, byte = locate_invalid_utf8(self._path)
-        if line is None:  # cannot happen for a file that failed to decode; keep the cause
-            return ValueError(f"{self._path}: invalid UTF-8 ({exc.reason})")
-        return ValueError(
-            f"{self._path}:{line}: invalid UTF-8 (byte 0x{byte:02x} at byte offset {offset}"
-            f"{' of the decompressed stream' if self._path.suffix == '.gz' else ''}); "
-            "mixencoder reads UTF-8 only: re-encode the file (e.g. iconv -f latin1 -t utf-8)"
-        )
-
-
-def locate_invalid_utf8(path: PathLike) -> tuple[int | None, int | None, int | None]:
-    """``(line, byte offset, byte)`` of the first byte of ``path`` that is not valid UTF-8.
-
-    Lines are counted by ``\n``, 1-based; ``(None, None, None)`` if the file is valid UTF-8.
-    Streams the file (decompressing ``.gz``), so memory stays bounded.
-    """
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    offset = 0  # bytes of the stream before ``chunk``
-    newlines = 0
-    with opener(path, "rb") as handle:
-        while True:
-            chunk = handle.read(1 << 20)
-            pending = decoder.getstate()[0]  # an incomplete sequence carried over
-            try:
-                decoder.decode(chunk, final=not chunk)
-            except UnicodeDecodeError as exc:
-                data = pending + chunk
-                bad = exc.start
-                start = offset - len(pending)
-                return newlines + data[:bad].count(b"\n") + 1, start + bad, data[bad]
-            newlines += chunk.count(b"\n")
-            offset += len(chunk)
-            if not chunk:
-                return None, None, None
-
-
-@contextlib.contextmanager
-def atomic_write(path: PathLike) -> Iterator[IO[str]]:
-    """Writes a UTF-8 text file atomically: a temp file in the same directory, then ``os.replace``.
-
-    Readers never see a half-written file, and a crash leaves the previous version intact.
-
-    Args:
-        path: The destination file; its parent directories are created.
-
-    Yields:
-        A text handle to write to (``\\n`` newlines on every platform).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp creates 0600 files; give the result ordinary permissions (or the old ones).
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def check_id(value: str, kind: str, where: str) -> str:
-    """Validates an identifier (docid/qid): non-empty and free of whitespace.
-
-    Whitespace would silently shift the columns of TREC run and qrels files.
-
-    Raises:
-        ValueError: Naming ``where`` (``file:line``).
-    """
-    if not value:
-        raise ValueError(f"{where}: empty {kind}")
-    if any(ch.isspace() for ch in value):
-        raise ValueError(f"{where}: {kind} {value!r} contains whitespace")
-    return value
-
-
-def first_content_line(path: PathLike) -> tuple[int, str] | None:
-    """Returns ``(line_no, line)`` of the first non-blank line, or None for an empty file."""
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if line.strip():
-                return line_no, line
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,11 +128,7 @@ def _json_doc(obj: object, where: str) -> Doc:
         raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     if "id" not in obj:
         raise ValueError(f"{where}: JSON document has no 'id' field")
-    docid = obj["id"]
-    if isinstance(docid, int) and not isinstance(docid, bool):
-        docid = str(docid)
-    if not isinstance(docid, str):
-        raise ValueError(f"{where}: 'id' must be a string, got {type(docid).__name__}")
+    docid = json_id(obj["id"], "id", where)
     if "contents" not in obj:
         raise ValueError(f"{where}: JSON document {docid!r} has no 'contents' field")
     contents = obj["contents"]
@@ -300,24 +138,12 @@ def _json_doc(obj: object, where: str) -> Doc:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[Doc, int]]:
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
-            yield _json_doc(obj, where), line_no
+    for line, obj in json_lines(path):
+        yield _json_doc(obj, line.where), line.number
 
 
 def _read_json_array(path: Path) -> Iterator[tuple[Doc, int]]:
-    with open_text(path) as handle:
-        try:
-            data = json.load(handle)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    data = load_json(path)
     if not isinstance(data, list):
         raise ValueError(f"{path}:1: expected a JSON array of documents")
     # Line numbers are lost by json.load; report the element index instead (as line 1).
@@ -326,16 +152,8 @@ def _read_json_array(path: Path) -> Iterator[tuple[Doc, int]]:
 
 
 def _read_tsv(path: Path) -> Iterator[tuple[Doc, int]]:
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            docid, sep, text = line.partition("\t")
-            if not sep:
-                raise ValueError(f"{where}: expected 'docid<TAB>text', found no tab")
-            yield Doc(check_id(docid, "docid", where), text), line_no
+    for line, docid, text in id_text_lines(path, "docid<TAB>text"):
+        yield Doc(check_id(docid, "docid", line.where), text), line.number
 
 
 _DOC_TAG = re.compile(r"</?DOC>")
@@ -360,38 +178,8 @@ def _trec_doc(body: str, path: Path, start_line: int) -> Doc:
 
 
 def _read_trec(path: Path) -> Iterator[tuple[Doc, int]]:
-    start_line: int | None = None  # line of the open <DOC>, None when outside a document
-    parts: list[str] = []
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            # Split on <DOC>/</DOC> wherever they sit on the line.
-            pos = 0
-            for match in _DOC_TAG.finditer(line):
-                chunk = line[pos:match.start()]
-                pos = match.end()
-                if start_line is None:
-                    if chunk.strip():
-                        raise ValueError(f"{path}:{line_no}: text outside <DOC>: {chunk.strip()[:60]!r}")
-                    if match.group() == "</DOC>":
-                        raise ValueError(f"{path}:{line_no}: </DOC> without an open <DOC>")
-                    start_line, parts = line_no, []
-                else:
-                    if match.group() == "<DOC>":
-                        raise ValueError(
-                            f"{path}:{line_no}: <DOC> inside the <DOC> opened at line {start_line} "
-                            "(missing </DOC>)"
-                        )
-                    parts.append(chunk)
-                    yield _trec_doc("".join(parts), path, start_line), start_line
-                    start_line, parts = None, []
-            rest = line[pos:]
-            if start_line is None:
-                if rest.strip():
-                    raise ValueError(f"{path}:{line_no}: text outside <DOC>: {rest.strip()[:60]!r}")
-            else:
-                parts.append(rest)
-    if start_line is not None:
-        raise ValueError(f"{path}:{start_line}: <DOC> not closed by </DOC> before end of file")
+    for start_line, body in tagged_blocks(path, _DOC_TAG, "DOC", nested_hint=" (missing </DOC>)"):
+        yield _trec_doc(body, path, start_line), start_line
 
 
 _READERS = {"jsonl": _read_jsonl, "json": _read_json_array, "tsv": _read_tsv, "trec": _read_trec}

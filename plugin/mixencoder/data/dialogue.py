@@ -19,7 +19,7 @@ exactly as for ad-hoc retrieval.
 
 Context truncation: dialogue contexts are truncated from the **head** -- the latest turns carry
 the information needed to pick the next response, so they are the ones kept
-(:func:`join_context`, :func:`left_truncate_tokens`). Models with a token limit should truncate
+(:func:`join_context`, :func:`left_truncate_tokens`, :func:`left_truncate_texts`). Models with a token limit should truncate
 the context from the left for the same reason.
 
 Readers are strict: a malformed row (wrong column count, missing field, empty text, bad label)
@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import logging
 import re
 from dataclasses import dataclass
-from typing import IO, Callable, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
-from mixencoder.data.corpus import PathLike, check_id, open_text
+from mixencoder.data._text_files import PathLike, check_id, load_json, open_text
 from mixencoder.data.qrels import Qrels
 
 logger = logging.getLogger(__name__)
@@ -215,6 +214,33 @@ def left_truncate_tokens(ids: list[int], max_len: int, keep_first: int = 0) -> l
     if len(ids) <= max_len:
         return list(ids)
     return list(ids[:keep_first]) + list(ids[len(ids) - (max_len - keep_first):])
+
+
+def left_truncate_texts(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> list[str]:
+    """Cuts each text from the **left** to ``max_tokens`` tokens of ``tokenizer``, keeping the latest.
+
+    A model's tokenizer truncates from the right, which drops the turns of a dialogue context
+    that decide the response; cutting the string first makes the model see its end. The cut
+    falls at a token's character offset, so no text is re-spelt. A slow tokenizer has no
+    offsets: the cut then keeps about 4 characters per token (:func:`join_context`).
+
+    Args:
+        tokenizer: a Hugging Face tokenizer (e.g. ``model.tokenizer``).
+        texts: the texts to cut.
+        max_tokens: tokens to keep, special tokens not counted.
+    """
+    texts = list(texts)
+    if not tokenizer.is_fast:
+        return [join_context([t], max_chars=4 * max_tokens) for t in texts]
+    out: list[str] = []
+    # Chunks bound the memory of the offset mappings over a whole training file.
+    for start in range(0, len(texts), 4096):
+        chunk = texts[start : start + 4096]
+        # verbose=False: these texts are meant to be longer than the model's limit before the cut.
+        enc = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        for text, offsets in zip(chunk, enc["offset_mapping"]):
+            out.append(text if len(offsets) <= max_tokens else text[offsets[len(offsets) - max_tokens][0] :])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,11 +490,7 @@ def read_dstc7(path: PathLike, *, require_answers: bool = True) -> Iterator[Resp
         ValueError: On invalid JSON, a missing or empty field, a duplicate example/candidate id
             or a correct answer not among the options, naming the file and example index.
     """
-    with open_text(path) as handle:
-        try:
-            data = json.load(handle)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    data = load_json(path)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON array of examples, got {type(data).__name__}")
     seen: set[str] = set()

@@ -16,12 +16,11 @@ off (unknown label, missing field, empty sentence, wrong column count, repeated 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Iterator
 
-from mixencoder.data.corpus import PathLike, check_id, first_content_line, open_text
+from mixencoder.data._text_files import PathLike, check_id, content_lines, first_content_line, json_id, json_lines
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +61,7 @@ def _example(record: dict[str, object], where: str) -> NLIExample | None:
     for key in _FIELDS:
         if key not in record or record[key] is None:
             raise ValueError(f"{where}: missing field {key!r}")
-    pair_id = record["pairID"]
-    if isinstance(pair_id, int) and not isinstance(pair_id, bool):
-        pair_id = str(pair_id)
-    if not isinstance(pair_id, str):
-        raise ValueError(f"{where}: 'pairID' must be a string, got {type(pair_id).__name__}")
-    pair_id = check_id(pair_id.strip(), "pairID", where)
+    pair_id = check_id(json_id(record["pairID"], "pairID", where).strip(), "pairID", where)
     texts = []
     for key in ("sentence1", "sentence2", "gold_label"):
         value = record[key]
@@ -89,42 +83,24 @@ def _example(record: dict[str, object], where: str) -> NLIExample | None:
 
 
 def _jsonl_records(path: PathLike) -> Iterator[tuple[str, dict[str, object]]]:
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            yield where, obj
+    for line, obj in json_lines(path):
+        yield line.where, obj
 
 
 def _tsv_records(path: PathLike) -> Iterator[tuple[str, dict[str, object]]]:
     header: list[str] | None = None
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            fields = line.split("\t")
-            if header is None:
-                header = [name.strip() for name in fields]
-                missing = [key for key in _FIELDS if key not in header]
-                if missing:
-                    raise ValueError(
-                        f"{where}: TSV header lacks column(s) {missing} (got {header[:12]})"
-                    )
-                continue
-            if len(fields) != len(header):
-                raise ValueError(
-                    f"{where}: expected {len(header)} tab-separated columns, got {len(fields)}"
-                )
-            yield where, dict(zip(header, fields))
+    for line in content_lines(path):
+        where = line.where
+        fields = line.text.split("\t")
+        if header is None:
+            header = [name.strip() for name in fields]
+            missing = [key for key in _FIELDS if key not in header]
+            if missing:
+                raise ValueError(f"{where}: TSV header lacks column(s) {missing} (got {header[:12]})")
+            continue
+        if len(fields) != len(header):
+            raise ValueError(f"{where}: expected {len(header)} tab-separated columns, got {len(fields)}")
+        yield where, dict(zip(header, fields))
 
 
 def read_mnli(path: PathLike) -> tuple[list[NLIExample], int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from mixencoder.data.corpus import PathLike, check_id, open_text
+from mixencoder.data._text_files import PathLike, check_id, whitespace_columns
 
 logger = logging.getLogger(__name__)
 
@@ -28,27 +28,17 @@ def read_qrels(path: PathLike) -> Qrels:
             (qid, docid) pair, naming ``file:line``.
     """
     qrels: Qrels = {}
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            where = f"{path}:{line_no}"
-            if len(fields) != 4:
-                raise ValueError(
-                    f"{where}: expected 4 columns 'qid iter docid rel', got {len(fields)}: "
-                    f"{line.strip()[:80]!r}"
-                )
-            qid, _, docid, grade = fields
-            check_id(qid, "qid", where)
-            check_id(docid, "docid", where)
-            try:
-                rel = int(grade)
-            except ValueError:
-                raise ValueError(f"{where}: relevance {grade!r} is not an integer") from None
-            judged = qrels.setdefault(qid, {})
-            if docid in judged:
-                raise ValueError(f"{where}: duplicate judgement for qid {qid!r} docid {docid!r}")
-            judged[docid] = rel
+    for line, (qid, _, docid, grade) in whitespace_columns(path, "qid iter docid rel"):
+        where = line.where
+        check_id(qid, "qid", where)
+        check_id(docid, "docid", where)
+        try:
+            rel = int(grade)
+        except ValueError:
+            raise ValueError(f"{where}: relevance {grade!r} is not an integer") from None
+        judged = qrels.setdefault(qid, {})
+        if docid in judged:
+            raise ValueError(f"{where}: duplicate judgement for qid {qid!r} docid {docid!r}")
+        judged[docid] = rel
     logger.debug("Read qrels for %d queries from %s", len(qrels), path)
     return qrels

@@ -18,7 +18,7 @@ import logging
 import math
 from typing import Mapping, NamedTuple
 
-from mixencoder.data.corpus import PathLike, atomic_write, check_id, first_content_line, open_text
+from mixencoder.data._text_files import PathLike, atomic_write, check_id, content_lines, first_content_line, whitespace_columns
 
 logger = logging.getLogger(__name__)
 
@@ -103,52 +103,39 @@ def _add_hit(run: Run, qid: str, docid: str, score: float, where: str) -> None:
 
 def _read_trec_run(path: PathLike) -> Run:
     run: Run = {}
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            where = f"{path}:{line_no}"
-            if len(fields) != 6:
-                raise ValueError(
-                    f"{where}: expected 6 columns 'qid Q0 docid rank score tag', got "
-                    f"{len(fields)}: {line.strip()[:80]!r}"
-                )
-            qid, _, docid, rank, score_text, _ = fields
-            _parse_rank(rank, where)
-            try:
-                score = float(score_text)
-            except ValueError:
-                raise ValueError(f"{where}: score {score_text!r} is not a number") from None
-            if math.isnan(score):
-                raise ValueError(f"{where}: score is NaN")
-            _add_hit(run, qid, docid, score, where)
+    for line, (qid, _, docid, rank, score_text, _) in whitespace_columns(path, "qid Q0 docid rank score tag"):
+        where = line.where
+        _parse_rank(rank, where)
+        try:
+            score = float(score_text)
+        except ValueError:
+            raise ValueError(f"{where}: score {score_text!r} is not a number") from None
+        if math.isnan(score):
+            raise ValueError(f"{where}: score is NaN")
+        _add_hit(run, qid, docid, score, where)
     return run
 
 
 def _read_msmarco_run(path: PathLike) -> Run:
     run: Run = {}
     ranks_seen: dict[str, set[int]] = {}
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            fields = line.rstrip("\r\n").split("\t")
-            if len(fields) != 3:
-                fields = line.split()
-            if len(fields) != 3:
-                raise ValueError(
-                    f"{where}: expected 3 columns 'qid<TAB>docid<TAB>rank', got {len(fields)}: "
-                    f"{line.strip()[:80]!r}"
-                )
-            qid, docid, rank_text = (f.strip() for f in fields)
-            rank = _parse_rank(rank_text, where)
-            seen = ranks_seen.setdefault(qid, set())
-            if rank in seen:
-                raise ValueError(f"{where}: duplicate rank {rank} for qid {qid!r}")
-            seen.add(rank)
-            _add_hit(run, qid, docid, 1.0 / rank, where)
+    for line in content_lines(path):
+        where = line.where
+        fields = line.text.split("\t")
+        if len(fields) != 3:
+            fields = line.text.split()
+        if len(fields) != 3:
+            raise ValueError(
+                f"{where}: expected 3 columns 'qid<TAB>docid<TAB>rank', got {len(fields)}: "
+                f"{line.text.strip()[:80]!r}"
+            )
+        qid, docid, rank_text = (f.strip() for f in fields)
+        rank = _parse_rank(rank_text, where)
+        seen = ranks_seen.setdefault(qid, set())
+        if rank in seen:
+            raise ValueError(f"{where}: duplicate rank {rank} for qid {qid!r}")
+        seen.add(rank)
+        _add_hit(run, qid, docid, 1.0 / rank, where)
     return run
 
 
@@ -170,29 +157,24 @@ def read_top1000(path: PathLike) -> Top1000:
     run: Run = {}
     queries: dict[str, str] = {}
     passages: dict[str, str] = {}
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            # maxsplit keeps any tab inside the passage in the passage.
-            fields = line.split("\t", 3)
-            if len(fields) != 4:
-                raise ValueError(
-                    f"{where}: expected 4 tab-separated columns 'qid docid query passage', got "
-                    f"{len(fields)}"
-                )
-            qid, docid, query, passage = fields
-            query = query.strip()
-            if not query:
-                raise ValueError(f"{where}: empty query text for qid {qid!r}")
-            if queries.setdefault(qid, query) != query:
-                raise ValueError(f"{where}: qid {qid!r} has a different query text than before")
-            if passages.setdefault(docid, passage) != passage:
-                raise ValueError(f"{where}: docid {docid!r} has a different passage text than before")
-            position = len(run.get(qid, ())) + 1
-            _add_hit(run, qid, docid, 1.0 / position, where)
+    for line in content_lines(path):
+        where = line.where
+        # maxsplit keeps any tab inside the passage in the passage.
+        fields = line.text.split("\t", 3)
+        if len(fields) != 4:
+            raise ValueError(
+                f"{where}: expected 4 tab-separated columns 'qid docid query passage', got {len(fields)}"
+            )
+        qid, docid, query, passage = fields
+        query = query.strip()
+        if not query:
+            raise ValueError(f"{where}: empty query text for qid {qid!r}")
+        if queries.setdefault(qid, query) != query:
+            raise ValueError(f"{where}: qid {qid!r} has a different query text than before")
+        if passages.setdefault(docid, passage) != passage:
+            raise ValueError(f"{where}: docid {docid!r} has a different passage text than before")
+        position = len(run.get(qid, ())) + 1
+        _add_hit(run, qid, docid, 1.0 / position, where)
     return Top1000(run, queries, passages)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 
-from mixencoder.data.corpus import PathLike, check_id, first_content_line, open_text
+from mixencoder.data._text_files import PathLike, check_id, first_content_line, id_text_lines, tagged_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -64,16 +64,8 @@ def _add(topics: dict[str, str], qid: str, text: str, where: str) -> None:
 
 def _read_tsv_topics(path: PathLike) -> dict[str, str]:
     topics: dict[str, str] = {}
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            qid, sep, text = line.partition("\t")
-            if not sep:
-                raise ValueError(f"{where}: expected 'qid<TAB>query', found no tab")
-            _add(topics, qid, text.strip(), where)
+    for line, qid, text in id_text_lines(path, "qid<TAB>query"):
+        _add(topics, qid, text.strip(), line.where)
     return topics
 
 
@@ -110,37 +102,8 @@ def _parse_topic(block: str, field: str, where: str) -> tuple[str, str]:
 
 def _read_trec_topics(path: PathLike, field: str) -> dict[str, str]:
     topics: dict[str, str] = {}
-    start_line: int | None = None
-    parts: list[str] = []
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            pos = 0
-            for match in _TOP_TAG.finditer(line):
-                chunk = line[pos:match.start()]
-                pos = match.end()
-                closing = match.group().startswith("</")
-                if start_line is None:
-                    if chunk.strip():
-                        raise ValueError(f"{path}:{line_no}: text outside <top>: {chunk.strip()[:60]!r}")
-                    if closing:
-                        raise ValueError(f"{path}:{line_no}: </top> without an open <top>")
-                    start_line, parts = line_no, []
-                else:
-                    if not closing:
-                        raise ValueError(
-                            f"{path}:{line_no}: <top> inside the <top> opened at line {start_line}"
-                        )
-                    parts.append(chunk)
-                    where = f"{path}:{start_line}"
-                    qid, text = _parse_topic("".join(parts), field, where)
-                    _add(topics, qid, text, where)
-                    start_line, parts = None, []
-            rest = line[pos:]
-            if start_line is None:
-                if rest.strip():
-                    raise ValueError(f"{path}:{line_no}: text outside <top>: {rest.strip()[:60]!r}")
-            else:
-                parts.append(rest)
-    if start_line is not None:
-        raise ValueError(f"{path}:{start_line}: <top> not closed by </top> before end of file")
+    for start_line, body in tagged_blocks(path, _TOP_TAG, "top"):
+        where = f"{path}:{start_line}"
+        qid, text = _parse_topic(body, field, where)
+        _add(topics, qid, text, where)
     return topics

@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Collection, Iterator, Mapping, NamedTuple
 
-from mixencoder.data.corpus import Doc, PathLike, check_id, open_text
+from mixencoder.data._text_files import PathLike, check_id, content_lines
+from mixencoder.data.corpus import Doc
 from mixencoder.data.qrels import Qrels
 from mixencoder.data.runs import sorted_hits
 
@@ -43,11 +44,13 @@ class TrainingPair(NamedTuple):
     text: str
 
 
-def _three_fields(line: str, where: str, what: str) -> list[str]:
-    fields = line.rstrip("\r\n").split("\t")
-    if len(fields) != 3:
-        raise ValueError(f"{where}: expected 3 tab-separated columns '{what}', got {len(fields)}")
-    return fields
+def _three_columns(path: PathLike, what: str) -> Iterator[tuple[str, list[str]]]:
+    """``(file:line, stripped fields)`` of every line of three tab-separated columns ``what``."""
+    for line in content_lines(path):
+        fields = line.text.split("\t")
+        if len(fields) != 3:
+            raise ValueError(f"{line.where}: expected 3 tab-separated columns '{what}', got {len(fields)}")
+        yield line.where, [f.strip() for f in fields]
 
 
 def read_triples(path: PathLike) -> Iterator[Triple]:
@@ -64,17 +67,12 @@ def read_triples(path: PathLike) -> Iterator[Triple]:
             naming ``file:line``.
     """
     count = 0
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            fields = [f.strip() for f in _three_fields(line, where, "query positive negative")]
-            for name, text in zip(Triple._fields, fields):
-                if not text:
-                    raise ValueError(f"{where}: empty {name} text")
-            count += 1
-            yield Triple(*fields)
+    for where, fields in _three_columns(path, "query positive negative"):
+        for name, text in zip(Triple._fields, fields):
+            if not text:
+                raise ValueError(f"{where}: empty {name} text")
+        count += 1
+        yield Triple(*fields)
     logger.debug("Read %d triples from %s", count, path)
 
 
@@ -98,24 +96,19 @@ def read_id_triples(
             and the id.
     """
     count = 0
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            qid, pos, neg = (f.strip() for f in _three_fields(line, where, "qid pos_pid neg_pid"))
-            check_id(qid, "qid", where)
-            check_id(pos, "pid", where)
-            check_id(neg, "pid", where)
-            if qid not in queries:
-                raise KeyError(f"{where}: unknown qid {qid!r} (not in the queries)")
-            texts = []
-            for pid in (pos, neg):
-                if pid not in collection:
-                    raise KeyError(f"{where}: unknown pid {pid!r} (not in the collection)")
-                texts.append(collection[pid])
-            count += 1
-            yield Triple(queries[qid], *texts)
+    for where, (qid, pos, neg) in _three_columns(path, "qid pos_pid neg_pid"):
+        check_id(qid, "qid", where)
+        check_id(pos, "pid", where)
+        check_id(neg, "pid", where)
+        if qid not in queries:
+            raise KeyError(f"{where}: unknown qid {qid!r} (not in the queries)")
+        texts = []
+        for pid in (pos, neg):
+            if pid not in collection:
+                raise KeyError(f"{where}: unknown pid {pid!r} (not in the collection)")
+            texts.append(collection[pid])
+        count += 1
+        yield Triple(queries[qid], *texts)
     logger.debug("Read %d id triples from %s", count, path)
 
 

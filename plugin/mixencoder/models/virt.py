@@ -28,7 +28,7 @@ To train with it, pass a (trained) teacher and a weight ``lambda > 0``; each ste
     config = TrainingConfig(distillation_weight=1.0, hard_negatives_per_query=1)
     train(virt, examples, config, output_dir="runs/virt", teacher=cross_encoder)
 
-(or ``pipelines/train.py --model-type virt --teacher CROSS_DIR --distillation-weight 1``). The
+(or ``mixencoder train --model-type virt --teacher CROSS_DIR --distillation-weight 1``). The
 teacher is frozen and not checkpointed: resume with the same teacher. Without a teacher VIRT
 trains as a plain dual encoder with the last-layer interaction.
 """

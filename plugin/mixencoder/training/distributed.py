@@ -1,7 +1,7 @@
 """Data-parallel training helpers: process-group set-up, a differentiable all-gather, and the
 global in-batch-negatives step.
 
-``torchrun --nproc_per_node N pipelines/train.py ...`` starts N processes with ``RANK``,
+``torchrun --nproc_per_node N -m mixencoder.training.cli ...`` starts N processes with ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set; :func:`setup` turns that
 into a process group (NCCL on GPUs, gloo on CPU) the first time :func:`~.trainer.train` runs.
 
@@ -94,7 +94,7 @@ def setup(timeout_s: float = 1800.0) -> DistContext:
     if missing:
         raise RuntimeError(
             f"WORLD_SIZE={world} is set but {missing} are not; launch with torchrun "
-            "(torchrun --nproc_per_node N pipelines/train.py ...)"
+            "(torchrun --nproc_per_node N -m mixencoder.training.cli ...)"
         )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     backend = "nccl" if torch.cuda.is_available() else "gloo"

@@ -1,0 +1,5 @@
+"""``python -m mixencoder SUBCOMMAND ...`` is the ``mixencoder`` console script."""
+
+from mixencoder.cli import main
+
+raise SystemExit(main())
