@@ -18,6 +18,8 @@ _EXPORTS = {
     "MixEncoder": "mixencoder.models",
     "MixEncoderConfig": "mixencoder.models",
     "Scorer": "mixencoder.models",
+    "RankingModel": "mixencoder.models",
+    "load_model": "mixencoder.models",
     "CandidateStore": "mixencoder.store",
     "DualEncoder": "mixencoder.models",
     "RankedDoc": "mixencoder.rerank",
@@ -28,7 +30,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from .models import CandidateReps, DualEncoder, MixEncoder, MixEncoderConfig, Scorer
+    from .models import CandidateReps, DualEncoder, MixEncoder, MixEncoderConfig, RankingModel, Scorer, load_model
     from .rerank import RankedDoc, Reranker
     from .search import RerankedHit, RerankingSearcher
     from .store import CandidateStore

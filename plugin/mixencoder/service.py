@@ -612,14 +612,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def load_service_model(model: str | None) -> Any:
     """A saved model of any registered type, or a fresh MixEncoder on a backbone (None: bundled)."""
-    from .models import MixEncoder, load_model
-    from .models.persistence import is_saved_model, read_config
+    from .cli import load_model_flag  # the one reading of a --model flag
 
-    if model is not None:
-        data = read_config(model)
-        if data is not None and is_saved_model(data):
-            return load_model(model)
-    return MixEncoder.from_pretrained(model)
+    return load_model_flag(model)
 
 
 def main(argv: list[str] | None = None) -> int:
