@@ -29,6 +29,7 @@ from . import functional as MF
 from .backbone import bert_layers, default_backbone_path
 from .base import CandidateReps, RankingMixin
 from .config import MixEncoderConfig
+from .quantize import linear_columns, quantize_linear_layers
 from .persistence import (
     FORMAT_VERSION,  # noqa: F401  (re-exported; it used to live here)
     build_from_backbone,
@@ -59,6 +60,25 @@ class QueryState:
     values: list[torch.Tensor]
     mask: torch.Tensor
     pooled: torch.Tensor
+
+
+@dataclass
+class LayerQuery:
+    """One query as one interaction layer's online scoring path multiplies by it (real tokens
+    only, ``q`` of them; see :meth:`InteractionLayer.prepare_query`).
+
+    Attributes:
+        keys, values: ``(d, H*q)`` / ``(H*q, d)`` block-diagonal keys/values (Eq. 1).
+        pooled_keys, pooled_keys_bias: Eq. 2's ``Q* K^T`` with ``h_query`` and the attention
+            scale folded into the keys: scores are ``mean(E) @ pooled_keys + pooled_keys_bias``.
+        pooled_values: ``(H*q, d)`` Eq. 2's values with ``h_dense``'s weight folded in.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    pooled_keys: torch.Tensor
+    pooled_keys_bias: torch.Tensor
+    pooled_values: torch.Tensor
 
 
 def _copy(module: nn.Module) -> nn.Module:
@@ -137,6 +157,61 @@ class InteractionLayer(nn.Module):
         h_new = self.h_ffn(self.h_norm(gated))  # (B, C, d)
         return e_new, h_new
 
+    # The online path below computes what ``forward`` computes for one query, reordered:
+    # flat (n*k, d) rows, all heads per GEMM, h_query and h_dense folded into the query's
+    # keys/values once per query (two (n, d) @ (d, d) GEMMs fewer per layer), and the gate's H
+    # block skipped where H is zero. tests/test_fast_scoring.py checks it against the equations.
+
+    def prepare_query(self, k_query: torch.Tensor, v_query: torch.Tensor) -> LayerQuery:
+        """One query's real-token keys/values ``(q, H, dh)`` at this layer -> :class:`LayerQuery`."""
+        keys, values = MF.block_diagonal_keys(k_query), MF.block_diagonal_values(v_query)
+        scale = 1.0 / math.sqrt(k_query.shape[-1])
+        # Q* K^T = (e W^T + b) K^T = e (W^T K^T) + b K^T; dense(P V) = P (V W_d^T) + b_d.
+        return LayerQuery(
+            keys=keys,
+            values=values,
+            pooled_keys=(self.h_query.weight.t() @ keys).mul_(scale),
+            pooled_keys_bias=(self.h_query.bias @ keys).mul_(scale),
+            pooled_values=values @ self.h_dense.weight.t(),
+        )
+
+    def candidate_projections(self, e: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Everything of this layer that reads the candidate's E alone, for ``e (n, k, d)``:
+        ``(Q', K', V')``, each ``(n, k, d)`` (Eq. 1), and the gate's mean-E term with the gate's
+        bias, ``(n, d)`` (Eq. 2). At the first layer E is E0, so these can be stored offline."""
+        n, k, d = e.shape
+        flat = e.reshape(n * k, d)
+        gate_e = linear_columns(self.gate, 0, d, with_bias=True)(e[:, 0] if k == 1 else e.mean(1))
+        return (*(proj(flat).view(n, k, d) for proj in (self.query, self.key, self.value)), gate_e)
+
+    def score_one_query(
+        self,
+        e: torch.Tensor,  # (n, k, d)
+        h: torch.Tensor | None,  # (n, d); None where H is zero (the first layer)
+        query: LayerQuery,
+        projections: tuple[torch.Tensor, ...] | None = None,  # candidate_projections(e), if stored
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` for one query (eval mode, no dropout): ``(E_j (n, k, d), H_j (n, d))``."""
+        n, k, d = e.shape
+        q_c, k_c, v_c, gate_e = self.candidate_projections(e) if projections is None else projections
+        # Eq. 1
+        ctx = MF.candidate_query_attention_flat(q_c, k_c, v_c, query.keys, query.values, self.num_heads)
+        flat = e.reshape(n * k, d)
+        e_new = self.ffn(self.attn_norm(self.attn_out(ctx) + flat)).view(n, k, d)
+        # Eq. 2
+        e_bar = e[:, 0] if k == 1 else e.mean(1)
+        probs = MF.pooled_query_attention_flat(
+            torch.addmm(query.pooled_keys_bias, e_bar, query.pooled_keys), self.num_heads
+        )
+        new = torch.addmm(self.h_dense.bias, probs, query.pooled_values)
+        logits = gate_e + linear_columns(self.gate, d, 2 * d, with_bias=False)(new)
+        if h is None:
+            gated = torch.sigmoid(logits) * new  # g * new + (1 - g) * 0
+        else:
+            logits = logits + linear_columns(self.gate, 2 * d, 3 * d, with_bias=False)(h)
+            gated = MF.gated_update(logits, new, h)
+        return e_new, self.h_ffn(self.h_norm(gated))
+
 
 class MixEncoder(RankingMixin, nn.Module):
     """MixEncoder over any BERT-family encoder; implements the :class:`~mixencoder.models.Scorer`
@@ -198,6 +273,10 @@ class MixEncoder(RankingMixin, nn.Module):
         self.classifier = nn.Linear(3 * d, config.num_labels) if config.num_labels else None
         # The query side's own backbone (a copy; a saved model's weights overwrite it on load).
         self.query_backbone = copy.deepcopy(backbone) if config.separate_query_encoder else None
+        if config.quantization == "int8":
+            # Last, so that the interaction layers copied the backbone's float weights; a saved
+            # float32 model's weights are quantized as they load (Int8Linear's state-dict hook).
+            quantize_linear_layers(self)
 
     def with_separate_query_encoder(self) -> MixEncoder:
         """A copy of this model whose queries go through their own copy of the backbone.
@@ -376,19 +455,22 @@ class MixEncoder(RankingMixin, nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The two vectors the heads compare, ``(B, C, d)`` each (``e0`` as in :meth:`interact`)."""
         h, e = self.interact(query, e0)
-        if self.config.pooled_residual:
-            if cand_pooled is None:
-                raise ValueError(
-                    "this model (pooled_residual=True) needs the candidates' pooled vectors; "
-                    "build the store with with_pooled=True"
-                )
-            if self.config.mixing == "scalar":
-                h = query.pooled[:, None, :] + self.alpha * h
-                e = cand_pooled + self.beta * e
-            else:
-                h = query.pooled[:, None, :] + self.mix_query(h)
-                e = cand_pooled + self.mix_candidate(e)
-        return h, e
+        return self._mixed(h, e, query.pooled[:, None, :], cand_pooled)
+
+    def _mixed(
+        self, h: torch.Tensor, e: torch.Tensor, query_pooled: torch.Tensor, cand_pooled: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h, mean E)`` joined with the pooled vectors as ``pooled_residual``/``mixing`` say."""
+        if not self.config.pooled_residual:
+            return h, e
+        if cand_pooled is None:
+            raise ValueError(
+                "this model (pooled_residual=True) needs the candidates' pooled vectors; "
+                "build the store with with_pooled=True"
+            )
+        if self.config.mixing == "scalar":
+            return query_pooled + self.alpha * h, cand_pooled + self.beta * e
+        return query_pooled + self.mix_query(h), cand_pooled + self.mix_candidate(e)
 
     def similarity(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         return MF.similarity(h, e, self.config.similarity, self.log_scale.exp())
@@ -423,11 +505,17 @@ class MixEncoder(RankingMixin, nn.Module):
     # ------------------------------------------------------------------ inference (Scorer)
 
     def candidate_fingerprint(self) -> dict[str, Any]:
-        """Identity of everything that shapes the stored reps (see ``Scorer``)."""
-        sha256 = candidate_digest(
-            self.backbone.state_dict().items(), self.tokenizer, unnamed=[self.special_or_codes]
-        )
-        return {
+        """Identity of everything that shapes the stored reps (see ``Scorer``).
+
+        The layout and the quantization appear only when they are not the defaults, so stores
+        built before those options existed keep serving default models. A precomputed store
+        holds the first interaction layer's outputs too, so its digest covers that layer.
+        """
+        named = list(self.backbone.state_dict().items())
+        if self.config.candidate_layout == "precomputed":
+            named += [(f"interaction.0.{n}", t) for n, t in self.interaction[0].state_dict().items()]
+        sha256 = candidate_digest(named, self.tokenizer, unnamed=[self.special_or_codes])
+        fingerprint = {
             "model_type": MODEL_TYPE,
             "strategy": self.config.strategy,
             "k": self.config.k,
@@ -435,6 +523,18 @@ class MixEncoder(RankingMixin, nn.Module):
             "candidate_max_length": self.config.candidate_max_length,
             "sha256": sha256,
         }
+        if self.config.candidate_layout != "embeddings":
+            fingerprint["candidate_layout"] = self.config.candidate_layout
+        if self.config.quantization != "none":
+            fingerprint["quantization"] = self.config.quantization
+        return fingerprint
+
+    @property
+    def rows_per_candidate(self) -> int:
+        """Stored vectors per candidate: k (E0), or 4k + 1 with the precomputed layout
+        (E0, then the first interaction layer's Q', K', V' and gate term)."""
+        k = self.config.k
+        return 4 * k + 1 if self.config.candidate_layout == "precomputed" else k
 
     @torch.inference_mode()
     def encode_candidates(
@@ -444,13 +544,14 @@ class MixEncoder(RankingMixin, nn.Module):
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
     ) -> CandidateReps:
-        """Offline: ``texts`` -> :class:`CandidateReps` with ``vectors (n, k, d)`` and
-        ``pooled (n, d)``. Texts are batched by length (less padding) and returned in order."""
+        """Offline: ``texts`` -> :class:`CandidateReps` with ``vectors (n, rows_per_candidate, d)``
+        (E0, then the precomputed rows if ``candidate_layout="precomputed"``) and ``pooled (n, d)``.
+        Texts are batched by length (less padding) and returned in order."""
         self.eval()
         _check_texts(texts, "candidate", allow_empty_list=True)
         texts = list(texts)
-        d, k = self.hidden_size, self.config.k
-        vectors = torch.empty(len(texts), k, d)
+        d, rows = self.hidden_size, self.rows_per_candidate
+        vectors = torch.empty(len(texts), rows, d)
         pooled = torch.empty(len(texts), d)
         order = np.argsort([-len(t) for t in texts], kind="stable")
         show = _show_progress(show_progress_bar)
@@ -458,10 +559,13 @@ class MixEncoder(RankingMixin, nn.Module):
         for start in tqdm(range(0, len(texts), batch_size), desc="Encoding candidates", disable=not show):
             idx = order[start : start + batch_size]
             e0, p = self.encode_candidates_torch(**self.tokenize_candidates([texts[i] for i in idx]))
+            if self.config.candidate_layout == "precomputed":
+                q_c, k_c, v_c, gate_e = self.interaction[0].candidate_projections(e0.float())
+                e0 = torch.cat([e0.float(), q_c, k_c, v_c, gate_e.unsqueeze(1)], dim=1)
             vectors[torch.from_numpy(idx)] = e0.float().cpu()
             pooled[torch.from_numpy(idx)] = p.float().cpu()
         report_truncation(truncated_before, len(texts), self.config.candidate_max_length)
-        return CandidateReps(vectors, torch.full((len(texts),), k, dtype=torch.int64), pooled)
+        return CandidateReps(vectors, torch.full((len(texts),), rows, dtype=torch.int64), pooled)
 
     @torch.inference_mode()
     def encode_query(self, query: str) -> QueryState:
@@ -482,22 +586,41 @@ class MixEncoder(RankingMixin, nn.Module):
 
     @torch.inference_mode()
     def score(self, query_state: QueryState, reps: CandidateReps) -> torch.Tensor:
-        """Online: ``(n,)`` scores of the candidates in ``reps`` for one encoded query."""
+        """Online: ``(n,)`` scores of the candidates in ``reps`` for one encoded query.
+
+        The same scores as :meth:`forward`, computed the way one query and many candidates
+        want it (see :meth:`InteractionLayer.score_one_query`); with the precomputed layout the
+        first interaction layer reads its candidate-only terms from ``reps``.
+        """
         self.eval()
         if query_state.mask.shape[0] != 1:
             raise ValueError("score() takes one encoded query; use forward() for batches")
-        k = self.config.k
-        if reps.vectors.shape[-1] != self.hidden_size or bool((reps.lengths != k).any()):
+        k, rows = self.config.k, self.rows_per_candidate
+        if reps.vectors.shape[-1] != self.hidden_size or bool((reps.lengths != rows).any()):
             raise ValueError(
                 f"candidate reps of shape {tuple(reps.vectors.shape)} do not fit this model "
-                f"(k={k}, d={self.hidden_size}); were they stored by another model?"
+                f"(k={k}, d={self.hidden_size}, {rows} rows per candidate with "
+                f"candidate_layout={self.config.candidate_layout!r}); were they stored by another model?"
             )
+        real = query_state.mask[0]  # padding dropped here instead of masked in every layer
+        layer_queries = [
+            layer.prepare_query(k_q[0][real], v_q[0][real])
+            for layer, k_q, v_q in zip(self.interaction, query_state.keys, query_state.values)
+        ]
+        query_pooled = query_state.pooled[0][None].float()
         out = []
         for start in range(0, len(reps), SCORE_CHUNK):
-            e0 = reps.vectors[start : start + SCORE_CHUNK, :k].to(self.device, torch.float32)
-            pooled = None if reps.pooled is None else reps.pooled[start : start + SCORE_CHUNK].to(self.device)
-            h, e = self.head_vectors(query_state, e0.unsqueeze(0), None if pooled is None else pooled.unsqueeze(0))
-            out.append(self.similarity(h, e)[0].float().cpu())
+            chunk = reps.vectors[start : start + SCORE_CHUNK, :rows].to(self.device, torch.float32)
+            pooled = None if reps.pooled is None else reps.pooled[start : start + SCORE_CHUNK].to(self.device, torch.float32)
+            e, h = chunk[:, :k], None
+            stored = None
+            if self.config.candidate_layout == "precomputed":
+                stored = (chunk[:, k : 2 * k], chunk[:, 2 * k : 3 * k], chunk[:, 3 * k : 4 * k], chunk[:, 4 * k])
+            for layer, layer_query in zip(self.interaction, layer_queries):
+                e, h = layer.score_one_query(e, h, layer_query, stored)
+                stored = None  # only the first layer's inputs are candidate-only
+            h, e_mean = self._mixed(h, e[:, 0] if k == 1 else e.mean(1), query_pooled, pooled)
+            out.append(self.similarity(h, e_mean).float().cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
     def score_texts(self, query: str, texts: Sequence[str], *, batch_size: int = 32) -> list[float]:
