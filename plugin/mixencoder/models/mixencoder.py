@@ -291,6 +291,28 @@ class MixEncoder(RankingMixin, nn.Module):
         clone.query_backbone = copy.deepcopy(clone.backbone)
         return clone
 
+    def with_inference_options(
+        self, *, candidate_layout: str | None = None, quantization: str | None = None
+    ) -> MixEncoder:
+        """A copy of this model with another candidate layout and/or quantization.
+
+        The weights are this model's (int8 codes are quantized from its float weights). Both
+        options enter :meth:`candidate_fingerprint`, so the copy needs a store of its own.
+
+        Raises:
+            ValueError: on an unknown option, or asking an int8 model for float32 (the float
+                weights are gone; load the saved float model instead).
+        """
+        layout = self.config.candidate_layout if candidate_layout is None else candidate_layout
+        quant = self.config.quantization if quantization is None else quantization
+        if self.config.quantization == "int8" and quant != "int8":
+            raise ValueError("an int8 model cannot be turned back into float32; load the float model instead")
+        clone = copy.deepcopy(self)
+        clone.config = dataclasses.replace(clone.config, candidate_layout=layout, quantization=quant)
+        if quant == "int8" and self.config.quantization != "int8":
+            quantize_linear_layers(clone)
+        return clone.eval()
+
     @property
     def query_side_backbone(self) -> nn.Module:
         """The backbone that encodes queries (``query_backbone`` if separate, else ``backbone``)."""

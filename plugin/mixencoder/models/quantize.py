@@ -31,9 +31,11 @@ _QMAX = 127.0
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 quantization of each row of ``x (m, n)``: ``(q int8 (m, n), scale (m, 1))``
     with ``x ~= q * scale``. An all-zero row gets scale 1 (its codes are zero anyway)."""
-    amax = torch.maximum(x.amax(-1, keepdim=True), x.amin(-1, keepdim=True).neg())
+    # amax and amin separately: two plain reductions are faster than abs() then amax (one
+    # temporary fewer), and multiplying by the reciprocal is faster than dividing.
+    amax = torch.maximum(x.amax(-1, keepdim=True), x.amin(-1, keepdim=True).neg_())
     scale = torch.where(amax > 0, amax / _QMAX, torch.ones_like(amax))
-    return torch.div(x, scale).round_().to(torch.int8), scale
+    return torch.mul(x, scale.reciprocal()).round_().to(torch.int8), scale
 
 
 class Int8Linear(nn.Module):
@@ -81,9 +83,13 @@ class Int8Linear(nn.Module):
         if rows.shape[0] == 0:
             return x.new_zeros(*shape[:-1], self.out_features, dtype=torch.float32)
         q, scale = quantize_rows(rows)
-        out = torch._int_mm(q, self.weight_int8).mul(scale).mul_(self.weight_scale)
-        if self.bias is not None:
-            out.add_(self.bias)
+        # Convert first, then scale in place (int32 * float broadcasting is ~3x slower); the
+        # weight scales and the bias go in one fused pass.
+        out = torch._int_mm(q, self.weight_int8).to(torch.float32).mul_(scale)
+        if self.bias is None:
+            out.mul_(self.weight_scale)
+        else:
+            out = torch.addcmul(self.bias, out, self.weight_scale)
         return out.view(*shape[:-1], self.out_features)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
