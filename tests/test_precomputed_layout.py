@@ -58,3 +58,16 @@ def test_a_store_of_one_layout_refuses_a_model_of_the_other(tiny_model_factory, 
         b = pre.score(pre.encode_query(query), pre_store.gather(ids))
         torch.testing.assert_close(b, a, rtol=0, atol=2e-2)
     assert pre_store.bytes_per_candidate(include_search_index=False) > plain_store.bytes_per_candidate(include_search_index=False)
+
+
+def test_precompute_converts_embedding_reps_without_the_backbone(tiny_model_factory):
+    plain = perturb(tiny_model_factory(k=2, interaction_layers=[2, 3]))
+    pre = plain.with_inference_options(candidate_layout="precomputed")
+    converted = pre.precompute(plain.encode_candidates(DOCS))
+    encoded = pre.encode_candidates(DOCS)
+    torch.testing.assert_close(converted.vectors, encoded.vectors, rtol=1e-5, atol=1e-5)
+    assert torch.equal(converted.lengths, encoded.lengths)
+    with pytest.raises(ValueError, match="candidate_layout"):
+        plain.precompute(plain.encode_candidates(DOCS))
+    with pytest.raises(ValueError, match="embedding-layout"):
+        pre.precompute(encoded)

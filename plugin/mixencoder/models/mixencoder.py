@@ -582,12 +582,33 @@ class MixEncoder(RankingMixin, nn.Module):
             idx = order[start : start + batch_size]
             e0, p = self.encode_candidates_torch(**self.tokenize_candidates([texts[i] for i in idx]))
             if self.config.candidate_layout == "precomputed":
-                q_c, k_c, v_c, gate_e = self.interaction[0].candidate_projections(e0.float())
-                e0 = torch.cat([e0.float(), q_c, k_c, v_c, gate_e.unsqueeze(1)], dim=1)
+                e0 = self._with_precomputed_rows(e0.float())
             vectors[torch.from_numpy(idx)] = e0.float().cpu()
             pooled[torch.from_numpy(idx)] = p.float().cpu()
         report_truncation(truncated_before, len(texts), self.config.candidate_max_length)
         return CandidateReps(vectors, torch.full((len(texts),), rows, dtype=torch.int64), pooled)
+
+    def _with_precomputed_rows(self, e0: torch.Tensor) -> torch.Tensor:
+        """``E0 (n, k, d)`` -> ``(n, 4k + 1, d)``: E0, Q', K', V', then the gate's mean-E term."""
+        q_c, k_c, v_c, gate_e = self.interaction[0].candidate_projections(e0)
+        return torch.cat([e0, q_c, k_c, v_c, gate_e.unsqueeze(1)], dim=1)
+
+    @torch.inference_mode()
+    def precompute(self, reps: CandidateReps) -> CandidateReps:
+        """Embedding-layout reps (E0 alone, as a default-layout model of the same weights
+        encodes them) -> this model's precomputed layout, without running the backbone again.
+
+        Raises:
+            ValueError: this model's ``candidate_layout`` is not ``"precomputed"``, or ``reps``
+                are not k rows per candidate.
+        """
+        k = self.config.k
+        if self.config.candidate_layout != "precomputed":
+            raise ValueError("precompute() needs a model with candidate_layout='precomputed'")
+        if reps.vectors.shape[-1] != self.hidden_size or bool((reps.lengths != k).any()):
+            raise ValueError(f"precompute() takes embedding-layout reps of k={k} rows of d={self.hidden_size}")
+        vectors = self._with_precomputed_rows(reps.vectors[:, :k].to(self.device, torch.float32)).cpu()
+        return CandidateReps(vectors, torch.full_like(reps.lengths, self.rows_per_candidate), reps.pooled)
 
     @torch.inference_mode()
     def encode_query(self, query: str) -> QueryState:
