@@ -24,12 +24,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers.activations import GELUActivation
 
 from . import functional as MF
 from .backbone import bert_layers, default_backbone_path
 from .base import CandidateReps, RankingMixin
 from .config import MixEncoderConfig
-from .quantize import linear_columns, quantize_linear_layers
+from .quantize import Int8Linear, linear_columns, quantize_linear_layers
 from .persistence import (
     FORMAT_VERSION,  # noqa: F401  (re-exported; it used to live here)
     build_from_backbone,
@@ -99,8 +100,14 @@ class FeedForward(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.dropout(self.fc_out(self.act(self.fc_in(x))), self.dropout, self.training)
+        y = F.dropout(self.fc_out(self._inner(x)), self.dropout, self.training)
         return self.norm(y + x)
+
+    def _inner(self, x: torch.Tensor) -> torch.Tensor:
+        # An int8 layer applies BERT's exact GELU in its own output pass.
+        if isinstance(self.fc_in, Int8Linear) and isinstance(self.act, GELUActivation) and self.act.act is F.gelu:
+            return self.fc_in(x, post_op="gelu")
+        return self.act(self.fc_in(x))
 
 
 class InteractionLayer(nn.Module):
@@ -274,9 +281,19 @@ class MixEncoder(RankingMixin, nn.Module):
         # The query side's own backbone (a copy; a saved model's weights overwrite it on load).
         self.query_backbone = copy.deepcopy(backbone) if config.separate_query_encoder else None
         if config.quantization == "int8":
-            # Last, so that the interaction layers copied the backbone's float weights; a saved
-            # float32 model's weights are quantized as they load (Int8Linear's state-dict hook).
-            quantize_linear_layers(self)
+            self._quantize_int8()
+
+    def _quantize_int8(self) -> None:
+        # After every module exists, so that the interaction layers copied the backbone's float
+        # weights; a saved float32 model's weights are quantized as they load (Int8Linear's
+        # state-dict hook). A backbone's tokens differ widely in magnitude ([CLS], [SEP] and
+        # punctuation carry outliers), so its activations get one scale per token; the
+        # interaction's rows (one per candidate, after LayerNorm) share one scale per tensor,
+        # which lets oneDNN fuse the dequantization into the GEMM.
+        for backbone in (self.backbone, self.query_backbone):
+            if backbone is not None:
+                quantize_linear_layers(backbone, per_row=True)
+        quantize_linear_layers(self)
 
     def with_separate_query_encoder(self) -> MixEncoder:
         """A copy of this model whose queries go through their own copy of the backbone.
@@ -310,7 +327,7 @@ class MixEncoder(RankingMixin, nn.Module):
         clone = copy.deepcopy(self)
         clone.config = dataclasses.replace(clone.config, candidate_layout=layout, quantization=quant)
         if quant == "int8" and self.config.quantization != "int8":
-            quantize_linear_layers(clone)
+            clone._quantize_int8()
         return clone.eval()
 
     @property
