@@ -444,7 +444,7 @@ def print_table(report: dict[str, Any], cross_queries: int, queries: int) -> Non
         return f"{q['delta']:+.4f}({q['se']:.4f})"
 
     head = (f"{'system':<30} {'N=1000 ms':>10} {'p90':>7} {'vs ref':>7} {'vs cross':>8} {'GFLOP':>6} {'bound ms':>8}"
-            f" {'x bound':>7} {'N=100 ms':>8} {'vs ref':>7} {'bytes/cand':>10} {'dnDCG@10 (SE)':>16} {'dR@1 (SE)':>16}")
+            f" {'x bound':>7} {'N=100 ms':>8} {'vs ref':>7} {'bytes/cand':>10} {'docs/s':>6} {'dnDCG@10 (SE)':>16} {'dR@1 (SE)':>16}")
     print(head)
     print("-" * len(head))
     for name, r in systems.items():
@@ -453,7 +453,7 @@ def print_table(report: dict[str, Any], cross_queries: int, queries: int) -> Non
             f"{name:<30} {a['ms_per_query']:>10.1f} {a['p90_ms']:>7.1f} {sp(a['speedup_vs_reference']):>7} "
             f"{sp(a['speedup_vs_cross']):>8} {a['flops'] / 1e9:>6.2f} {a['lower_bound_ms']:>8.1f} "
             f"{a['ms_per_query'] / a['lower_bound_ms']:>7.2f} {b['ms_per_query']:>8.1f} {sp(b['speedup_vs_reference']):>7} "
-            f"{r['bytes_per_candidate']:>10.0f} {dq(name, 'nDCG@10'):>16} {dq(name, 'R@1'):>16}"
+            f"{r['bytes_per_candidate']:>10.0f} {r['encode_docs_per_s']:>6.1f} {dq(name, 'nDCG@10'):>16} {dq(name, 'R@1'):>16}"
         )
     print("\nfusion with the first stage's scores at N=1000 (timed apart, median ms; % of ms_per_query):")
     for name, r in systems.items():
@@ -463,6 +463,7 @@ def print_table(report: dict[str, Any], cross_queries: int, queries: int) -> Non
     print(f"\npeak float32 GEMM rate: {report['gemm_gflops']['float32']:.1f} GFLOP/s; 'bound ms' = the system's "
           "GEMMs timed alone at its shapes (float32; torch._int_mm for the linear layers of @int8); "
           "'x bound' = measured / bound")
+    print("'docs/s' = candidates encoded per second (encode_candidates, batch 32: a store build's work)")
     print(f"'vs ref' = speed-up over {report['reference_path']} (the training path's batched math, MixEncoder.score "
           "before its one-query path), median over rounds of same-round ratios")
     if quality:
@@ -573,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32, help="store build batch size")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--rounds", type=int, default=3, help="timing rounds over all systems; medians reported (default 3)")
+    p.add_argument("--build-docs", type=int, default=64,
+                   help="passages encoded per round per system for encode_docs_per_s (default 64)")
     p.add_argument("--quality", action="store_true",
                    help="also measure each MixEncoder variant's nDCG@10 (DL20) and R@1 (Ubuntu-IRC valid) change")
     p.add_argument("--ubuntu-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/ubuntu/v2")
@@ -605,13 +608,16 @@ def main(argv: list[str] | None = None) -> int:
         # Rounds over every system in turn: a ratio between two systems is then taken between
         # timings minutes apart at most, under the same load of the shared machine.
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in systems}
+        build_sample = [texts[d] for d in sorted(texts)[: args.build_docs]]
         for _ in range(args.rounds):
             for name, (model, score_fn, store) in loaded.items():
                 timed = queries[: args.cross_queries] if name == "cross" else queries
                 # A fresh GEMM timer per system: its bound is measured right after its own
                 # timing, under the same CPU load.
-                rounds[name].append(time_system(name, model, store, timed, lists, warmup=min(args.warmup, len(timed)),
-                                                timer=GemmTimer(), score_fn=score_fn))
+                result = time_system(name, model, store, timed, lists, warmup=min(args.warmup, len(timed)),
+                                     timer=GemmTimer(), score_fn=score_fn)
+                result["encode_docs_per_s"] = encode_rate(model, build_sample)
+                rounds[name].append(result)
         for name, (model, _, store) in loaded.items():
             result = merge_rounds(rounds[name], rounds.get(REFERENCE_PATH))
             result["bytes_per_candidate"] = store.bytes_per_candidate(include_search_index=False)
@@ -645,6 +651,7 @@ def merge_rounds(rounds: list[dict[str, Any]], reference: list[dict[str, Any]] |
     ``speedup_vs_reference`` the median over rounds of the reference's ms over this system's
     ms in the same round (``None`` without the reference path in the run)."""
     result = dict(rounds[-1])
+    result["encode_docs_per_s"] = statistics.median(r["encode_docs_per_s"] for r in rounds)
     for n in map(str, SIZES):
         per = dict(rounds[-1][n])
         per["ms_per_query_rounds"] = [r[n]["ms_per_query"] for r in rounds]
@@ -656,6 +663,14 @@ def merge_rounds(rounds: list[dict[str, Any]], reference: list[dict[str, Any]] |
         )
         result[n] = per
     return result
+
+
+def encode_rate(model: Any, texts: list[str]) -> float:
+    """Candidates encoded per second by ``encode_candidates`` (a store build's work without the
+    writes), batch 32."""
+    start = time.perf_counter()
+    model.encode_candidates(texts, batch_size=32, show_progress_bar=False)
+    return len(texts) / (time.perf_counter() - start)
 
 
 def quality_deltas(

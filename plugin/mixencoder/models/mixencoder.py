@@ -44,7 +44,7 @@ from .persistence import read_json as _read_json  # noqa: F401  (registry import
 logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "mixencoder"
-SCORE_CHUNK = 1024  # candidates scored per step; any value gives the same scores
+SCORE_CHUNK = 512  # candidates per step (any value gives the same scores): a step's (512, 1536) feed-forward activations stay in L2
 
 
 @dataclass
