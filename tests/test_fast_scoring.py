@@ -77,3 +77,40 @@ def test_scores_do_not_depend_on_the_chunking(tiny_model_factory, monkeypatch):
     whole = model.score(query, reps)
     monkeypatch.setattr(mixencoder_module, "SCORE_CHUNK", 5)
     torch.testing.assert_close(model.score(query, reps), whole, rtol=1e-6, atol=1e-6)
+
+
+def test_bench_speed_smoke(shared_data, tmp_path):
+    # Not a benchmark: one query, one round, a tiny backbone; checks the variants run, the
+    # JSON keeps its schema and the FLOP model counts what the precomputed layout saves.
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    root = Path(__file__).resolve().parents[1]
+    backbone = tmp_path / "tiny-bert-512"  # room for the default 180 candidate tokens
+    torch.manual_seed(0)
+    config = BertConfig.from_pretrained(str(root / "tests" / "fixtures" / "tiny-bert"), max_position_embeddings=512)
+    BertModel(config, add_pooling_layer=False).save_pretrained(str(backbone))
+    AutoTokenizer.from_pretrained(str(root / "tests" / "fixtures" / "tiny-bert")).save_pretrained(str(backbone))
+    out = tmp_path / "speed.json"
+    systems = "mixencoder-a@batched,mixencoder-a,mixencoder-a@precomputed,mixencoder-a@int8"
+    subprocess.run(
+        [sys.executable, str(root / "eval" / "bench_speed.py"), "--systems", systems, "--queries", "1",
+         "--rounds", "1", "--warmup", "0", "--build-docs", "2", "--threads", "1", "--backbone", str(backbone),
+         "--data-dir", str(shared_data / "msmarco" / "dl20"), "--cache", str(tmp_path / "cache"), "--json", str(out)],
+        check=True, capture_output=True, timeout=600,
+    )
+    report = json.loads(out.read_text())
+    plain, pre = report["systems"]["mixencoder-a"], report["systems"]["mixencoder-a@precomputed"]
+    for result in report["systems"].values():
+        for n in ("1000", "100"):
+            assert result[n]["ms_per_query"] > 0 and result[n]["speedup_vs_reference"] > 0
+            assert result[n]["lower_bound_ms"] > 0
+        assert result["encode_docs_per_s"] > 0
+    assert report["systems"]["mixencoder-a@batched"]["1000"]["speedup_vs_reference"] == 1.0
+    d = 32  # the tiny backbone's width, k = 1: Q', K', V' and the gate's mean-E block, 2 FLOPs per MAC
+    assert plain["1000"]["flops"] - pre["1000"]["flops"] == 2 * 1000 * (3 * d * d + d * d)
+    assert pre["bytes_per_candidate"] > plain["bytes_per_candidate"]
