@@ -5,8 +5,21 @@ Usage (from the project root)::
 
     python eval/bench_speed.py                                   # all systems, 20 queries
     python eval/bench_speed.py --systems mixencoder-a,dual,cross --queries 30 --json speed.json
+    python eval/bench_speed.py --systems mixencoder-a@batched,mixencoder-a,mixencoder-a@precomputed,\
+mixencoder-a@int8,mixencoder-a@int8+precomputed --threads 1 --quality   # MixEncoder's scoring variants
 
 Protocol:
+
+* Systems: the names of :mod:`mixencoder.models.registry`; a MixEncoder one may carry variant
+  options, ``NAME@OPTION[+OPTION]``: ``batched`` scores with the training path's batched math
+  (``MixEncoder.head_vectors``, what ``score`` ran before its one-query path; the reference of
+  ``speedup_vs_reference``, and checked to give ``score``'s scores), ``precomputed`` uses
+  ``candidate_layout="precomputed"`` (its store is made from the embedding-layout store's float16
+  E0 by ``MixEncoder.precompute``, so the backbone runs once per quantization), ``int8`` uses
+  ``quantization="int8"`` (its own store, encoded by the int8 backbone).
+* Rounds: ``--rounds`` (default 3) passes over every system in turn; ``ms_per_query`` and
+  ``p90_ms`` are medians over rounds, and ``speedup_vs_reference`` is the median over rounds of
+  the same round's ratio (the machine is shared: ratios within a round are what hold).
 
 * Queries: the first ``--queries`` (default 20) MS MARCO DL20 queries of ``queries.tsv`` that
   have a BM25 run. Candidates of a query: its BM25 top-100 (``bm25.top100.trec``, texts from
@@ -31,13 +44,26 @@ Protocol:
   analytically per system from the GEMMs its code runs, at the median query length and the mean
   candidate length of the timed queries. ``lower_bound_ms``: those GEMMs timed alone with
   ``torch.matmul`` at the same shapes and dtype (float32) in this run, i.e. the FLOP count divided
-  by the matmul rate this CPU reaches at those shapes. ``gemm_gflops`` reports the peak float32
-  rate at a large GEMM for reference.
+  by the matmul rate this CPU reaches at those shapes; for ``int8`` variants the linear layers'
+  GEMMs are timed as int8 x int8 -> int32 (``torch._int_mm``). ``gemm_gflops`` reports the peak
+  float32 rate at a large GEMM for reference.
 * ``bytes_per_candidate``: the store's on-disk bytes per candidate (no dense-search index).
+* ``encode_docs_per_s``: ``encode_candidates`` over ``--build-docs`` passages (batch 32), each
+  round: a store build's encoding work.
+* ``--quality``: the stores then cover every DL20 query's BM25 top 100, and each MixEncoder
+  variant is compared with its plain system (same name without ``@``), paired per query:
+  nDCG@10 reranking DL20's BM25 top 100 from the store, and R@1 over the first
+  ``--ubuntu-examples`` Ubuntu-IRC valid examples (candidates encoded in memory, rounded to
+  float16 as a store keeps them; contexts cut to their last ``4 * query_max_length``
+  characters). The models are untrained (zero-shot), so with ``pooled_residual`` (default) the
+  interaction does not reach the score and only the backbone's quantization can move it.
 
 ``--json PATH`` writes ``{"gemm_gflops": {dtype: GFLOP/s}, "systems": {name: {"1000": {...},
 "100": {...}, "bytes_per_candidate": ...}}, ...}``; per N: ``ms_per_query``, ``p90_ms``,
-``speedup_vs_cross``, ``flops``, ``lower_bound_ms`` and the breakdown (gather/encode/score/tokenize).
+``speedup_vs_cross``, ``speedup_vs_reference``, ``ms_per_query_rounds``, ``flops``,
+``lower_bound_ms`` and the breakdown (gather/encode/score/tokenize); per system
+``encode_docs_per_s``; with ``--quality`` a top-level ``"quality"``: ``{"systems": {name:
+{"reference", "nDCG@10": {"value", "reference_value", "delta", "se", "queries"}, "R@1": ...}}}``.
 """
 
 from __future__ import annotations
