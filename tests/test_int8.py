@@ -127,3 +127,10 @@ def test_a_float_checkpoint_loads_into_int8_layers(tiny_model_factory):
     reps = int8.encode_candidates(DOCS)
     state = int8.encode_query(QUERIES[0])
     torch.testing.assert_close(twin.score(state, reps), int8.score(state, reps))
+
+
+def test_an_int8_model_refuses_to_train(tiny_model_factory):
+    int8 = tiny_model_factory().with_inference_options(quantization="int8")
+    int8.train()
+    with pytest.raises(RuntimeError, match="for inference"):
+        int8(int8.tokenize_queries(QUERIES), int8.tokenize_candidates(DOCS))

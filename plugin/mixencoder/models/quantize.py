@@ -72,6 +72,7 @@ class Int8Linear(nn.Module):
         else:
             self.register_buffer("bias", bias)
         self._drop_caches()
+        self.eval()  # inference only (see forward)
 
     def _drop_caches(self) -> None:
         # oneDNN's packed layout of the codes and the column blocks, made on first use and
@@ -114,6 +115,9 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor, post_op: str = "none") -> torch.Tensor:
         """``x (..., in)`` -> ``(..., out)`` float32; ``post_op="gelu"`` applies the exact GELU
         in the same pass."""
+        if self.training:
+            # The codes are buffers: training would run and silently change nothing.
+            raise RuntimeError("int8 layers are for inference; train the float32 model and quantize it after")
         shape = x.shape
         rows = x.reshape(-1, shape[-1]).float()
         if rows.shape[0] == 0:
