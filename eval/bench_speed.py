@@ -294,7 +294,8 @@ def mixencoder_gemms(model: Any, options: frozenset[str], lq: int, n: int) -> li
         ]
         out += [g for _ in range(j) for g in per_layer]
     else:
-        out += [(1, d, d, hq, j), (1, hq, d, d, j)]  # h_query / h_dense folded in, once per query
+        fold = n > hq  # MixEncoder.score folds h_query / h_dense into the query past H*q candidates
+        out += [(1, d, d, hq, j), (1, hq, d, d, j)] if fold else []  # the folding, once per query
         for layer in range(j):
             stored = layer == 0 and "precomputed" in options
             if not stored:
@@ -303,7 +304,8 @@ def mixencoder_gemms(model: Any, options: frozenset[str], lq: int, n: int) -> li
                 (1, n * k, d, hq, 1), (n * heads, k, dh, k, 1),  # Eq. 1 scores (query, own)
                 (1, n * k, hq, d, 1), (n * heads, k, k, dh, 1),  # Eq. 1 values
                 _linear(1, n * k, d, d, 1), _linear(1, n * k, d, dff, 1), _linear(1, n * k, dff, d, 1),
-                (1, n, d, hq, 1), (1, n, hq, d, 1),  # Eq. 2 attention, folded
+                (1, n, d, hq, 1), (1, n, hq, d, 1),  # Eq. 2 attention (h_query/h_dense folded in or not)
+                *([] if fold else [_linear(1, n, d, d, 2)]),  # h_query, h_dense per candidate
                 # the gate's [mean E; new; H] blocks: H is zero at the first layer, mean E stored
                 _linear(1, n, d, d, 3 if layer else (1 if stored else 2)),
                 _linear(1, n, d, dff, 1), _linear(1, n, dff, d, 1),  # H's feed-forward

@@ -114,3 +114,13 @@ def test_bench_speed_smoke(shared_data, tmp_path):
     d = 32  # the tiny backbone's width, k = 1: Q', K', V' and the gate's mean-E block, 2 FLOPs per MAC
     assert plain["1000"]["flops"] - pre["1000"]["flops"] == 2 * 1000 * (3 * d * d + d * d)
     assert pre["bytes_per_candidate"] > plain["bytes_per_candidate"]
+
+
+def test_few_and_many_candidates_score_alike(tiny_model_factory):
+    # Past H*q candidates score() folds h_query/h_dense into the query; below it does not.
+    model = perturb(tiny_model_factory(k=2, interaction_layers=[2, 3]))
+    query = model.encode_query(QUERIES[0])
+    few = model.encode_candidates(DOCS)
+    many = model.encode_candidates(DOCS * 40)
+    assert len(few) < model.num_heads * int(query.mask.sum()) < len(many)
+    torch.testing.assert_close(model.score(query, many)[: len(DOCS)], model.score(query, few), rtol=1e-5, atol=1e-5)
