@@ -168,8 +168,9 @@ class InteractionLayer(nn.Module):
 
     # The online path below computes what ``forward`` computes for one query, reordered:
     # flat (n*k, d) rows, all heads per GEMM, h_query and h_dense folded into the query's
-    # keys/values once per query (two (n, d) @ (d, d) GEMMs fewer per layer), and the gate's H
-    # block skipped where H is zero. tests/test_fast_scoring.py checks it against the equations.
+    # keys/values once per query when that pays (two (n, d) @ (d, d) GEMMs fewer per layer),
+    # and the gate's H block skipped where H is zero. tests/test_fast_scoring.py checks it
+    # against the equations.
 
     def prepare_query(self, k_query: torch.Tensor, v_query: torch.Tensor, *, fold: bool) -> LayerQuery:
         """One query's real-token keys/values ``(q, H, dh)`` at this layer -> :class:`LayerQuery`.
