@@ -112,6 +112,9 @@ def test_int8_model_saves_and_loads_with_identical_scores(tiny_model_factory, tm
     reps = int8.encode_candidates(DOCS)
     for query in QUERIES:
         torch.testing.assert_close(loaded.score(loaded.encode_query(query), reps), int8.score(int8.encode_query(query), reps))
+    # A used model (oneDNN's packed weights cached) copies into one that scores the same.
+    copied = int8.with_inference_options()
+    torch.testing.assert_close(copied.score(copied.encode_query(QUERIES[0]), reps), int8.score(int8.encode_query(QUERIES[0]), reps))
 
 
 def test_a_float_checkpoint_loads_into_int8_layers(tiny_model_factory):
@@ -134,3 +137,21 @@ def test_an_int8_model_refuses_to_train(tiny_model_factory):
     int8.train()
     with pytest.raises(RuntimeError, match="for inference"):
         int8(int8.tokenize_queries(QUERIES), int8.tokenize_candidates(DOCS))
+
+
+@pytest.mark.parametrize("per_row", [False, True], ids=["per-tensor", "per-row"])
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "int_mm"])
+def test_both_int8_kernels_and_the_fused_gelu_are_close_to_float(monkeypatch, per_row, onednn):
+    import mixencoder.models.quantize as quantize
+
+    monkeypatch.setattr(quantize, "_ONEDNN", onednn and quantize._ONEDNN)
+    gen = torch.Generator().manual_seed(3)
+    linear = torch.nn.Linear(48, 40)
+    x = torch.randn(9, 48, generator=gen)
+    layer = Int8Linear.from_linear(linear, per_row=per_row)
+    with torch.no_grad():
+        expected = linear(x)
+        spread = float(expected.abs().max())
+        assert float((layer(x) - expected).abs().max()) < 0.03 * spread
+        gelu = layer(x, post_op="gelu")
+    assert float((gelu - torch.nn.functional.gelu(expected)).abs().max()) < 0.03 * spread

@@ -51,7 +51,8 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class Int8Linear(nn.Module):
     """``y = x W^T + b`` with ``W`` stored as int8 (per output channel scales) and ``x`` quantized
-    per row on the fly; int32 accumulation, float32 output.
+    on the fly, per tensor (oneDNN, fused dequantization) or with ``per_row`` per row
+    (``torch._int_mm``); int32 accumulation, float32 output.
 
     State dict: ``weight_int8 (in, out)`` (transposed: the layout ``torch._int_mm`` reads, and a
     column block of ``W`` is then a contiguous row block), ``weight_scale (out,)``, ``bias``. A
