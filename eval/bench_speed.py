@@ -5,8 +5,21 @@ Usage (from the project root)::
 
     python eval/bench_speed.py                                   # all systems, 20 queries
     python eval/bench_speed.py --systems mixencoder-a,dual,cross --queries 30 --json speed.json
+    python eval/bench_speed.py --systems mixencoder-a@batched,mixencoder-a,mixencoder-a@precomputed,\
+mixencoder-a@int8,mixencoder-a@int8+precomputed --threads 1 --quality   # MixEncoder's scoring variants
 
 Protocol:
+
+* Systems: the names of :mod:`mixencoder.models.registry`; a MixEncoder one may carry variant
+  options, ``NAME@OPTION[+OPTION]``: ``batched`` scores with the training path's batched math
+  (``MixEncoder.head_vectors``, what ``score`` ran before its one-query path; the reference of
+  ``speedup_vs_reference``, and checked to give ``score``'s scores), ``precomputed`` uses
+  ``candidate_layout="precomputed"`` (its store is made from the embedding-layout store's float16
+  E0 by ``MixEncoder.precompute``, so the backbone runs once per quantization), ``int8`` uses
+  ``quantization="int8"`` (its own store, encoded by the int8 backbone).
+* Rounds: ``--rounds`` (default 3) passes over every system in turn; ``ms_per_query`` and
+  ``p90_ms`` are medians over rounds, and ``speedup_vs_reference`` is the median over rounds of
+  the same round's ratio (the machine is shared: ratios within a round are what hold).
 
 * Queries: the first ``--queries`` (default 20) MS MARCO DL20 queries of ``queries.tsv`` that
   have a BM25 run. Candidates of a query: its BM25 top-100 (``bm25.top100.trec``, texts from
@@ -31,19 +44,33 @@ Protocol:
   analytically per system from the GEMMs its code runs, at the median query length and the mean
   candidate length of the timed queries. ``lower_bound_ms``: those GEMMs timed alone with
   ``torch.matmul`` at the same shapes and dtype (float32) in this run, i.e. the FLOP count divided
-  by the matmul rate this CPU reaches at those shapes. ``gemm_gflops`` reports the peak float32
-  rate at a large GEMM for reference.
+  by the matmul rate this CPU reaches at those shapes; for ``int8`` variants the linear layers'
+  GEMMs are timed as int8 x int8 -> int32 (``torch._int_mm``). ``gemm_gflops`` reports the peak
+  float32 rate at a large GEMM for reference.
 * ``bytes_per_candidate``: the store's on-disk bytes per candidate (no dense-search index).
+* ``encode_docs_per_s``: ``encode_candidates`` over ``--build-docs`` passages (batch 32), each
+  round: a store build's encoding work.
+* ``--quality``: the stores then cover every DL20 query's BM25 top 100, and each MixEncoder
+  variant is compared with its plain system (same name without ``@``), paired per query:
+  nDCG@10 reranking DL20's BM25 top 100 from the store, and R@1 over the first
+  ``--ubuntu-examples`` Ubuntu-IRC valid examples (candidates encoded in memory, rounded to
+  float16 as a store keeps them; contexts cut to their last ``4 * query_max_length``
+  characters). The models are untrained (zero-shot), so with ``pooled_residual`` (default) the
+  interaction does not reach the score and only the backbone's quantization can move it.
 
 ``--json PATH`` writes ``{"gemm_gflops": {dtype: GFLOP/s}, "systems": {name: {"1000": {...},
 "100": {...}, "bytes_per_candidate": ...}}, ...}``; per N: ``ms_per_query``, ``p90_ms``,
-``speedup_vs_cross``, ``flops``, ``lower_bound_ms`` and the breakdown (gather/encode/score/tokenize).
+``speedup_vs_cross``, ``speedup_vs_reference``, ``ms_per_query_rounds``, ``flops``,
+``lower_bound_ms`` and the breakdown (gather/encode/score/tokenize); per system
+``encode_docs_per_s``; with ``--quality`` a top-level ``"quality"``: ``{"systems": {name:
+{"reference", "nDCG@10": {"value", "reference_value", "delta", "se", "queries"}, "R@1": ...}}}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -57,9 +84,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from mixencoder import CandidateStore, MixEncoder
+from mixencoder import CandidateReps, CandidateStore
+from mixencoder.data import read_corpus, read_qrels, read_run, read_topics, read_ubuntu_v2_eval, sorted_hits, to_qrels_and_candidates
+from mixencoder.evaluation import evaluate_per_query, paired_difference
 from mixencoder.fusion import Fusion
-from mixencoder.data import read_corpus, read_run, read_topics, sorted_hits
 from mixencoder.models.registry import SYSTEMS, build_system
 
 logger = logging.getLogger("bench_speed")
@@ -68,17 +96,40 @@ DEFAULT_SYSTEMS = [
     "cross", "dual", "poly-64", "poly-360", "colbert", "deformer", "virt",
     "mixencoder-a", "mixencoder-b", "mixencoder-c", "mixencoder-a-C",
     "mixencoder-k1", "mixencoder-k2", "mixencoder-k3", "mixencoder-k4", "mixencoder-k10",
-    "mixencoder-a-fastscore",  # mixencoder-a scored by the prototype at the end of this file
+    # MixEncoder-a's scoring variants (see VARIANT_OPTIONS); plain "mixencoder-a" is the default path
+    "mixencoder-a@batched", "mixencoder-a@precomputed", "mixencoder-a@int8", "mixencoder-a@int8+precomputed",
 ]
+# NAME@OPTION[+OPTION]: a MixEncoder system scored another way. "batched": the training path's
+# batched math (MixEncoder.head_vectors), which was MixEncoder.score before the one-query path;
+# "precomputed": candidate_layout="precomputed"; "int8": quantization="int8".
+VARIANT_OPTIONS = ("batched", "precomputed", "int8")
+REFERENCE_PATH = "mixencoder-a@batched"  # the speed-ups' reference: the default path before
 SIZES = (1000, 100)
 Gemm = tuple[int, int, int, int, int]  # (batch, m, k, n, count): count x (batch x (m,k) @ (k,n))
+
+
+class LinearGemm(tuple):
+    """A :data:`Gemm` run by an ``nn.Linear`` layer: int8 (``torch._int_mm``) in the int8 variants."""
+
+
+def _linear(b: int, m: int, k: int, n: int, count: int) -> LinearGemm:
+    return LinearGemm((b, m, k, n, count))
+
+
+def split_variant(name: str) -> tuple[str, frozenset[str]]:
+    """``"mixencoder-a@int8+precomputed"`` -> ``("mixencoder-a", {"int8", "precomputed"})``."""
+    base, _, options = name.partition("@")
+    return base, frozenset(options.split("+")) if options else frozenset()
 
 
 # ---------------------------------------------------------------------- data
 
 
-def load_candidates(data_dir: Path, n_queries: int) -> tuple[list[tuple[str, str]], dict[str, dict[int, list[str]]], dict[str, str]]:
-    """``(queries [(qid, text)], {qid: {N: docids}}, {docid: text} of every docid needed)``."""
+def load_candidates(
+    data_dir: Path, n_queries: int, *, every_top100: bool = False
+) -> tuple[list[tuple[str, str]], dict[str, dict[int, list[str]]], dict[str, str]]:
+    """``(queries [(qid, text)], {qid: {N: docids}}, {docid: text} of every docid needed)``;
+    with ``every_top100`` the texts cover every DL20 query's BM25 top 100 (for ``--quality``)."""
     topics = read_topics(data_dir / "queries.tsv")
     run = read_run(data_dir / "bm25.top100.trec")
     qids = [q for q in topics if q in run]
@@ -103,6 +154,8 @@ def load_candidates(data_dir: Path, n_queries: int) -> tuple[list[tuple[str, str
             raise SystemExit(f"DL20 has too few distinct passages to give query {q} {max(SIZES)} candidates")
         lists[q] = {n: docs[:n] for n in SIZES}
     needed = {d for per in lists.values() for d in per[max(SIZES)]}
+    if every_top100:
+        needed |= {d for q in qids for d in ranked[q][:100]}
     texts = {doc.docid: doc.text for doc in read_corpus(data_dir / "collection.tsv") if doc.docid in needed}
     lacking = needed - set(texts)
     if lacking:
@@ -110,8 +163,15 @@ def load_candidates(data_dir: Path, n_queries: int) -> tuple[list[tuple[str, str
     return [(q, topics[q]) for q in selected], lists, texts
 
 
-def store_for(model: Any, texts: dict[str, str], cache: Path, *, with_pooled: bool, batch_size: int) -> CandidateStore:
-    """The model's store over ``texts``, built once and reused while model and texts match."""
+def store_for(
+    model: Any, texts: dict[str, str], cache: Path, *, with_pooled: bool, batch_size: int,
+    options: frozenset[str] = frozenset(),
+) -> CandidateStore:
+    """The model's store over ``texts``, built once and reused while model and texts match.
+
+    A precomputed-layout store is built from the embedding-layout store of the same weights
+    (``MixEncoder.precompute`` over its float16 E0), so the backbone runs once per quantization.
+    """
     h = hashlib.sha256()
     h.update(json.dumps(model.candidate_fingerprint(), sort_keys=True).encode())
     h.update(json.dumps(sorted(texts.items())).encode())
@@ -119,18 +179,37 @@ def store_for(model: Any, texts: dict[str, str], cache: Path, *, with_pooled: bo
     path = cache / f"{model.candidate_fingerprint()['model_type']}-{h.hexdigest()[:16]}"
     if (path / "manifest.json").is_file():
         return CandidateStore.open(path, model=model)
+    encoder = model
+    if "precomputed" in options:
+        twin = model.with_inference_options(candidate_layout="embeddings")
+        encoder = PrecomputedFromStore(model, store_for(twin, texts, cache, with_pooled=with_pooled, batch_size=batch_size), texts)
     start = time.perf_counter()
     store = CandidateStore.build(
-        path, model, sorted(texts.items()), mode="resume" if path.exists() else "create",
+        path, encoder, sorted(texts.items()), mode="resume" if path.exists() else "create",
         with_pooled=with_pooled, batch_size=batch_size, show_progress_bar=logger.isEnabledFor(logging.INFO),
     )
     logger.info("built store %s (%d passages) in %.0f s", path.name, len(texts), time.perf_counter() - start)
     return store
 
 
-def needs_pooled(model: Any) -> bool:
-    """Whether ``score`` reads ``reps.pooled`` (only MixEncoder's pooled residual does)."""
-    return isinstance(model, MixEncoder) and bool(model.config.pooled_residual)
+class PrecomputedFromStore:
+    """What ``CandidateStore.build`` reads of a model (``candidate_fingerprint`` and
+    ``encode_candidates``) for a precomputed-layout ``model``, with its E0 taken from an
+    embedding-layout store of the same weights instead of a second backbone pass."""
+
+    def __init__(self, model: Any, embeddings: CandidateStore, texts: dict[str, str]):
+        self.model, self.embeddings = model, embeddings
+        self.docid_of = {text: docid for docid, text in texts.items()}
+
+    @property
+    def search_metric(self) -> str:
+        return self.model.search_metric
+
+    def candidate_fingerprint(self) -> dict[str, Any]:
+        return self.model.candidate_fingerprint()
+
+    def encode_candidates(self, texts: Sequence[str], **_: Any) -> Any:
+        return self.model.precompute(self.embeddings.gather([self.docid_of[t] for t in texts]))
 
 
 # ---------------------------------------------------------------------- FLOPs and the GEMM rate
@@ -140,12 +219,12 @@ def _bert_layer(b: int, length: int, d: int, dff: int, heads: int) -> list[Gemm]
     """The GEMMs of one BERT layer over ``b`` sequences of ``length`` tokens."""
     dh = d // heads
     return [
-        (1, b * length, d, d, 3),  # Q, K, V projections
+        _linear(1, b * length, d, d, 3),  # Q, K, V projections
         (b * heads, length, dh, length, 1),  # attention scores
         (b * heads, length, length, dh, 1),  # attention-weighted values
-        (1, b * length, d, d, 1),  # attention output
-        (1, b * length, d, dff, 1),  # feed-forward in
-        (1, b * length, dff, d, 1),  # feed-forward out
+        _linear(1, b * length, d, d, 1),  # attention output
+        _linear(1, b * length, d, dff, 1),  # feed-forward in
+        _linear(1, b * length, dff, d, 1),  # feed-forward out
     ]
 
 
@@ -156,7 +235,9 @@ def _chunks(n: int, size: int) -> list[int]:
 def online_gemms(name: str, model: Any, lq: int, lc: int, n: int) -> list[Gemm]:
     """Every GEMM of the online path (encode one query of ``lq`` tokens, score ``n`` candidates of
     ``lc`` stored tokens) as the system's code runs it. ``lc`` counts the stored tokens: for
-    cross/deformer the candidate's tokens after [CLS], for colbert/virt all of them."""
+    cross/deformer the candidate's tokens after [CLS], for colbert/virt all of them. ``name``
+    may carry variant options (``mixencoder-a@precomputed``)."""
+    name, options = split_variant(name)
     bc = model.backbone.config
     d, dff, heads, layers = bc.hidden_size, bc.intermediate_size, bc.num_attention_heads, bc.num_hidden_layers
     dh = d // heads
@@ -188,41 +269,55 @@ def online_gemms(name: str, model: Any, lq: int, lc: int, n: int) -> list[Gemm]:
         for p in _chunks(n, VIRT_CHUNK):
             out += [(p, lq, d, lc, 1), (p, lq, lc, d, 2), (p, 1, lq, d, 1), (1, p, 4 * d, d, 2)]
         return out + sim
-    if name == "mixencoder-a-fastscore":  # the prototype below: folded Eq. 2, all heads per GEMM
-        k, j, hq = model.config.k, len(model.layer_ids), heads * lq
-        out = query + [(1, lq, d, d, 2 * j), (1, d, d, hq, j), (1, hq, d, d, j)]
-        for layer in range(j):
-            out += [
-                (1, n * k, d, d, 3), (1, n * k, d, hq, 1), (n * heads, k, dh, k, 1),
-                (1, n * k, hq, d, 1), (n * heads, k, k, dh, 1),
-                (1, n * k, d, d, 1), (1, n * k, d, dff, 1), (1, n * k, dff, d, 1),
-                (1, n, d, hq, 1), (1, n, hq, d, 1), (1, n, d, d, 2 if layer == 0 else 3),
-                (1, n, d, dff, 1), (1, n, dff, d, 1),
-            ]
-        return out + mixing_gemms(model, n, d) + sim
     if name.startswith("mixencoder"):
-        k, j = model.config.k, len(model.layer_ids)
-        out = query + [(1, lq, d, d, 2 * j)]  # each interaction layer's query keys/values
-        if model.config.strategy == "C":
-            pass  # the context codes are applied offline
-        per_layer = [
-            (1, n * k, d, d, 3),  # Q', K', V' of the candidates' E
-            (heads, n * k, dh, lq, 1), (n * heads, k, dh, k, 1),  # Eq. 1 scores (query, own)
-            (heads, n * k, lq, dh, 1), (n * heads, k, k, dh, 1),  # Eq. 1 values
-            (1, n * k, d, d, 1), (1, n * k, d, dff, 1), (1, n * k, dff, d, 1),  # output, FFN
-            (1, n, d, d, 1),  # Eq. 2 Q* from mean(E)
-            (heads, n, dh, lq, 1), (heads, n, lq, dh, 1),  # Eq. 2 attention over the query
-            (1, n, d, d, 1), (1, n, 3 * d, d, 1),  # dense, gate
-            (1, n, d, dff, 1), (1, n, dff, d, 1),  # H's feed-forward
-        ]
-        return out + [g for _ in range(j) for g in per_layer] + mixing_gemms(model, n, d) + sim
+        return query + mixencoder_gemms(model, options, lq, n) + sim
     raise ValueError(f"no FLOP model for system {name!r}")
 
 
-def mixing_gemms(model: Any, n: int, d: int) -> list[Gemm]:
-    """The ``d x d`` maps taking h and mean(E) into the pooled vectors (``mixing="linear"``)."""
+def mixencoder_gemms(model: Any, options: frozenset[str], lq: int, n: int) -> list[Gemm]:
+    """MixEncoder's GEMMs after the query's backbone pass: the query's keys/values at each
+    interaction layer, then scoring ``n`` candidates, by ``MixEncoder.score`` (the one-query
+    path: flat rows, all heads per GEMM against block-diagonal keys/values, Eq. 2's ``h_query``
+    and ``h_dense`` folded into the query) or, with ``batched``, by the training path's math.
+    With ``precomputed`` the first layer's Q', K', V' and the gate's mean-E block are read from
+    the store: ``3 k d^2 + d^2`` multiply-adds fewer per candidate."""
+    bc = model.backbone.config
+    d, dff, heads = bc.hidden_size, bc.intermediate_size, bc.num_attention_heads
+    dh, k, j, hq = d // heads, model.config.k, len(model.layer_ids), heads * lq
+    out: list[Gemm] = [_linear(1, lq, d, d, 2 * j)]  # each interaction layer's query keys/values
+    if "batched" in options:
+        per_layer = [
+            _linear(1, n * k, d, d, 3),  # Q', K', V' of the candidates' E
+            (heads, n * k, dh, lq, 1), (n * heads, k, dh, k, 1),  # Eq. 1 scores (query, own)
+            (heads, n * k, lq, dh, 1), (n * heads, k, k, dh, 1),  # Eq. 1 values
+            _linear(1, n * k, d, d, 1), _linear(1, n * k, d, dff, 1), _linear(1, n * k, dff, d, 1),  # output, FFN
+            _linear(1, n, d, d, 1),  # Eq. 2 Q* from mean(E)
+            (heads, n, dh, lq, 1), (heads, n, lq, dh, 1),  # Eq. 2 attention over the query
+            _linear(1, n, d, d, 1), _linear(1, n, 3 * d, d, 1),  # dense, gate
+            _linear(1, n, d, dff, 1), _linear(1, n, dff, d, 1),  # H's feed-forward
+        ]
+        out += [g for _ in range(j) for g in per_layer]
+    else:
+        fold = n > hq  # MixEncoder.score folds h_query / h_dense into the query past H*q candidates
+        out += [(1, d, d, hq, j), (1, hq, d, d, j)] if fold else []  # the folding, once per query
+        for layer in range(j):
+            stored = layer == 0 and "precomputed" in options
+            if not stored:
+                out.append(_linear(1, n * k, d, d, 3))  # Q', K', V'
+            out += [
+                (1, n * k, d, hq, 1), (n * heads, k, dh, k, 1),  # Eq. 1 scores (query, own)
+                (1, n * k, hq, d, 1), (n * heads, k, k, dh, 1),  # Eq. 1 values
+                _linear(1, n * k, d, d, 1), _linear(1, n * k, d, dff, 1), _linear(1, n * k, dff, d, 1),
+                (1, n, d, hq, 1), (1, n, hq, d, 1),  # Eq. 2 attention (h_query/h_dense folded in or not)
+                *([] if fold else [_linear(1, n, d, d, 2)]),  # h_query, h_dense per candidate
+                # the gate's [mean E; new; H] blocks: H is zero at the first layer, mean E stored
+                _linear(1, n, d, d, 3 if layer else (1 if stored else 2)),
+                _linear(1, n, d, dff, 1), _linear(1, n, dff, d, 1),  # H's feed-forward
+            ]
     cfg = model.config
-    return [(1, n, d, d, 2)] if cfg.pooled_residual and cfg.mixing == "linear" else []
+    if cfg.pooled_residual and cfg.mixing == "linear":
+        out.append(_linear(1, n, d, d, 2))  # the d x d maps taking h and mean(E) to the pooled vectors
+    return out
 
 
 def gemm_flops(gemms: Sequence[Gemm]) -> int:
@@ -230,30 +325,42 @@ def gemm_flops(gemms: Sequence[Gemm]) -> int:
 
 
 class GemmTimer:
-    """Median seconds of ``torch.matmul`` at a shape (float32), memoised per shape."""
+    """Median seconds of one GEMM at a shape, memoised per shape: ``torch.matmul`` in float32,
+    or ``torch._int_mm`` (int8 x int8 -> int32, what ``Int8Linear`` runs) for the linear layers
+    of an int8 variant."""
 
     def __init__(self, dtype: torch.dtype = torch.float32):
         self.dtype = dtype
-        self._seconds: dict[tuple[int, int, int, int], float] = {}
+        self._seconds: dict[tuple[int, int, int, int, bool], float] = {}
 
-    def seconds(self, b: int, m: int, k: int, n: int) -> float:
-        key = (b, m, k, n)
+    def seconds(self, b: int, m: int, k: int, n: int, int8: bool = False) -> float:
+        key = (b, m, k, n, int8)
         if key not in self._seconds:
             shape_a, shape_b = ((m, k), (k, n)) if b == 1 else ((b, m, k), (b, k, n))
-            x, y = torch.randn(*shape_a, dtype=self.dtype), torch.randn(*shape_b, dtype=self.dtype)
+            if int8:
+                x = torch.randint(-127, 128, shape_a, dtype=torch.int8)
+                y = torch.randint(-127, 128, shape_b, dtype=torch.int8)
+                op = torch._int_mm
+            else:
+                x, y = torch.randn(*shape_a, dtype=self.dtype), torch.randn(*shape_b, dtype=self.dtype)
+                op = torch.matmul
             with torch.inference_mode():
-                torch.matmul(x, y)
+                op(x, y)
                 times = []
                 deadline = time.perf_counter() + 0.05
                 while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 50):
                     t = time.perf_counter()
-                    torch.matmul(x, y)
+                    op(x, y)
                     times.append(time.perf_counter() - t)
             self._seconds[key] = statistics.median(times)
         return self._seconds[key]
 
-    def total(self, gemms: Sequence[Gemm]) -> float:
-        return sum(c * self.seconds(b, m, k, n) for b, m, k, n, c in gemms)
+    def total(self, gemms: Sequence[Gemm], *, int8_linears: bool = False) -> float:
+        seconds = 0.0
+        for gemm in gemms:
+            b, m, k, n, c = gemm
+            seconds += c * self.seconds(b, m, k, n, int8_linears and isinstance(gemm, LinearGemm))
+        return seconds
 
     def peak_gflops(self) -> float:
         b, m, k, n = 1, 4096, 384, 1536
@@ -276,7 +383,7 @@ def time_system(
 ) -> dict[str, Any]:
     """Time the online path of one system for every N; see the module docstring."""
     score = score_fn or model.score
-    if score_fn is not None:  # a prototype must give the product's scores
+    if score_fn is not None:  # another path to the same scores must give the product's scores
         qid, text = queries[0]
         reps = store.gather(lists[qid][max(SIZES)])
         state = model.encode_query(text)
@@ -325,6 +432,7 @@ def time_system(
         lq = int(statistics.median(r["lq"] for r in rows))
         lc = int(round(statistics.mean(r["lc"] for r in rows)))
         gemms = online_gemms(name, model, lq, lc, n)
+        int8 = "int8" in split_variant(name)[1]
         result[str(n)] = {
             "ms_per_query": statistics.median(totals),
             "p90_ms": float(np.percentile(totals, 90)),
@@ -336,7 +444,7 @@ def time_system(
             "fusion_ms": statistics.median(r["fusion"] * 1000 for r in rows),
             "rrf_ms": statistics.median(r["rrf"] * 1000 for r in rows),
             "flops": gemm_flops(gemms),
-            "lower_bound_ms": timer.total(gemms) * 1000,
+            "lower_bound_ms": timer.total(gemms, int8_linears=int8) * 1000,
             "shape": {"query_tokens": lq, "candidate_tokens": lc, "candidates": n},
         }
         result[str(n)]["fusion_overhead"] = result[str(n)]["fusion_ms"] / result[str(n)]["ms_per_query"]
@@ -351,45 +459,137 @@ def time_system(
 
 def print_table(report: dict[str, Any], cross_queries: int, queries: int) -> None:
     systems = report["systems"]
-    print(f"\nOnline reranking latency per query on this CPU ({torch.get_num_threads()} threads, float32; "
+    quality = report.get("quality", {}).get("systems", {})
+    print(f"\nOnline reranking latency per query on this CPU ({torch.get_num_threads()} threads; "
           f"load average {report['load_average'][0]:.1f} at start, {report['load_average'][1]:.1f} at end)")
-    print(f"median / p90 over {queries} DL20 queries"
+    print(f"median over {report['rounds']} rounds of the median / p90 over {queries} DL20 queries"
           + (f" ({cross_queries} for cross)" if "cross" in systems else "")
           + "; gather + query encoding + scoring; tokenisation separate\n")
-    head = (f"{'system':<22} {'N=1000 ms':>10} {'p90':>8} {'speedup':>8} {'GFLOP':>7} {'bound ms':>9} {'x bound':>7}"
-            f" {'N=100 ms':>9} {'p90':>7} {'speedup':>8} {'tok ms':>6} {'bytes/cand':>10}")
+
+    def sp(x: float | None) -> str:
+        return f"{x:.2f}x" if x is not None else "-"
+
+    def dq(name: str, measure: str) -> str:
+        if name not in quality:
+            return "-"
+        q = quality[name][measure]
+        return f"{q['delta']:+.4f}({q['se']:.4f})"
+
+    head = (f"{'system':<30} {'N=1000 ms':>10} {'p90':>7} {'vs ref':>7} {'vs cross':>8} {'GFLOP':>6} {'bound ms':>8}"
+            f" {'x bound':>7} {'N=100 ms':>8} {'vs ref':>7} {'bytes/cand':>10} {'docs/s':>6} {'dnDCG@10 (SE)':>16} {'dR@1 (SE)':>16}")
     print(head)
     print("-" * len(head))
     for name, r in systems.items():
         a, b = r["1000"], r["100"]
-
-        def sp(x):
-            return f"{x:.1f}x" if x is not None else "-"
-
         print(
-            f"{name:<22} {a['ms_per_query']:>10.1f} {a['p90_ms']:>8.1f} {sp(a['speedup_vs_cross']):>8} "
-            f"{a['flops'] / 1e9:>7.2f} {a['lower_bound_ms']:>9.1f} {a['ms_per_query'] / a['lower_bound_ms']:>7.1f} "
-            f"{b['ms_per_query']:>9.1f} {b['p90_ms']:>7.1f} {sp(b['speedup_vs_cross']):>8} "
-            f"{a['tokenize_ms']:>6.2f} {r['bytes_per_candidate']:>10.0f}"
+            f"{name:<30} {a['ms_per_query']:>10.1f} {a['p90_ms']:>7.1f} {sp(a['speedup_vs_reference']):>7} "
+            f"{sp(a['speedup_vs_cross']):>8} {a['flops'] / 1e9:>6.2f} {a['lower_bound_ms']:>8.1f} "
+            f"{a['ms_per_query'] / a['lower_bound_ms']:>7.2f} {b['ms_per_query']:>8.1f} {sp(b['speedup_vs_reference']):>7} "
+            f"{r['bytes_per_candidate']:>10.0f} {r['encode_docs_per_s']:>6.1f} {dq(name, 'nDCG@10'):>16} {dq(name, 'R@1'):>16}"
         )
     print("\nfusion with the first stage's scores at N=1000 (timed apart, median ms; % of ms_per_query):")
     for name, r in systems.items():
         a = r["1000"]
-        print(f"  {name:<22} interpolate {a['fusion_ms']:.2f} ms ({100 * a['fusion_overhead']:.2f}%), "
+        print(f"  {name:<30} interpolate {a['fusion_ms']:.2f} ms ({100 * a['fusion_overhead']:.2f}%), "
               f"rrf {a['rrf_ms']:.2f} ms ({100 * a['rrf_ms'] / a['ms_per_query']:.2f}%)")
-    print(f"\npeak float32 GEMM rate: {report['gemm_gflops']['float32']:.1f} GFLOP/s; "
-          "'x bound' = measured / lower bound (GEMMs alone at the system's shapes)")
+    print(f"\npeak float32 GEMM rate: {report['gemm_gflops']['float32']:.1f} GFLOP/s; 'bound ms' = the system's "
+          "GEMMs timed alone at its shapes (float32; torch._int_mm for the linear layers of @int8); "
+          "'x bound' = measured / bound")
+    print("'docs/s' = candidates encoded per second (encode_candidates, batch 32: a store build's work)")
+    print(f"'vs ref' = speed-up over {report['reference_path']} (the training path's batched math, MixEncoder.score "
+          "before its one-query path), median over rounds of same-round ratios")
+    if quality:
+        q = report["quality"]
+        print(f"quality deltas against the plain float32 system, paired per query (SE): nDCG@10 over DL20's "
+              f"BM25 top 100, R@1 over {q['ubuntu_examples']} Ubuntu-IRC valid examples; {q['model']}")
     if "cross" in systems:
         print(f"cross timed on {systems['cross']['queries_timed']} queries (--cross-queries); "
-              "the others on all; speedup = cross median / system median at the same N")
+              "the others on all; 'vs cross' = cross median / system median at the same N")
 
 
 def parse_systems(text: str) -> list[str]:
     names = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in names if s not in SYSTEMS and s != "mixencoder-a-fastscore"]
+    unknown = [s for s in names if split_variant(s)[0] not in SYSTEMS]
     if unknown:
-        raise SystemExit(f"unknown systems {unknown}; known: {sorted(SYSTEMS)}")
+        raise SystemExit(f"unknown systems {unknown}; known: {sorted(SYSTEMS)} (MixEncoder ones with @{'/'.join(VARIANT_OPTIONS)})")
+    for name in names:
+        base, options = split_variant(name)
+        if options and not base.startswith("mixencoder"):
+            raise SystemExit(f"{name}: variants apply to MixEncoder systems only")
+        if options - set(VARIANT_OPTIONS) or {"batched", "precomputed"} <= options:
+            raise SystemExit(f"{name}: options are {VARIANT_OPTIONS}; 'batched' reads no precomputed rows")
     return names
+
+
+def build_variant(name: str, backbone: str | None) -> tuple[Any, Callable[[Any, Any], torch.Tensor] | None]:
+    """The model of system ``name`` (variant options applied) and, for ``batched``, its score function."""
+    base, options = split_variant(name)
+    model = build_system(base, backbone)
+    if options - {"batched"}:
+        model = model.with_inference_options(
+            candidate_layout="precomputed" if "precomputed" in options else None,
+            quantization="int8" if "int8" in options else None,
+        )
+    return model, (batched_score(model) if "batched" in options else None)
+
+
+def batched_score(model: Any) -> Callable[[Any, Any], torch.Tensor]:
+    """``MixEncoder.score`` as the training path computes it (``head_vectors``: the batched
+    functions of ``models/functional.py`` over a batch of one query), which is what ``score``
+    ran before its one-query path; the reference of the speed-ups."""
+
+    @torch.inference_mode()
+    def score(state: Any, reps: Any) -> torch.Tensor:
+        k = model.config.k
+        e0 = reps.vectors[None, :, :k].to(torch.float32)
+        pooled = None if reps.pooled is None else reps.pooled[None].to(torch.float32)
+        h, e = model.head_vectors(state, e0, pooled)
+        return model.similarity(h, e)[0]
+
+    return score
+
+
+# ---------------------------------------------------------------------- quality
+
+
+def dl20_per_query(model: Any, store: CandidateStore, data_dir: Path) -> dict[str, float]:
+    """nDCG@10 per DL20 query of the model reranking BM25's top 100 from its store."""
+    topics, run = read_topics(data_dir / "queries.tsv"), read_run(data_dir / "bm25.top100.trec")
+    reranked = {}
+    for qid in (q for q in topics if q in run):
+        docids = [d for d, _ in sorted_hits(run[qid])]
+        scores = model.score(model.encode_query(topics[qid]), store.gather(docids))
+        reranked[qid] = dict(zip(docids, scores.tolist()))
+    return evaluate_per_query(reranked, read_qrels(data_dir / "qrels.txt"), ["nDCG@10"])["nDCG@10"]
+
+
+def ubuntu_per_query(
+    model: Any, options: frozenset[str], examples: list[Any], embeddings: dict[str, Any]
+) -> dict[str, float]:
+    """R@1 per Ubuntu-IRC validation example (10 candidates each) of the model, candidates
+    encoded in memory and rounded to float16 as a store keeps them; ``embeddings`` caches the
+    E0 of each candidate side (the precomputed layout reuses its twin's)."""
+    qrels, contexts, candidates = to_qrels_and_candidates(
+        examples, max_chars=4 * model.config.query_max_length, docid_salt="bench-speed"
+    )
+    pairs = [(qid, docid, text) for qid, docs in candidates.items() for docid, text in docs.items()]
+    twin = model.with_inference_options(candidate_layout="embeddings") if "precomputed" in options else model
+    key = json.dumps(twin.candidate_fingerprint(), sort_keys=True)
+    if key not in embeddings:
+        reps = twin.encode_candidates([t for _, _, t in pairs], show_progress_bar=False)
+        embeddings[key] = CandidateReps(reps.vectors.half().float(), reps.lengths, reps.pooled.half().float())
+    reps = embeddings[key]
+    if "precomputed" in options:
+        reps = model.precompute(reps)
+        reps = CandidateReps(reps.vectors.half().float(), reps.lengths, reps.pooled)
+    run: dict[str, dict[str, float]] = {}
+    rows: dict[str, list[int]] = {}
+    for i, (qid, _, _) in enumerate(pairs):
+        rows.setdefault(qid, []).append(i)
+    for qid, index in rows.items():
+        scores = model.score(model.encode_query(contexts[qid]), reps.select(index))
+        run[qid] = {pairs[i][1]: float(s) for i, s in zip(index, scores)}
+    return evaluate_per_query(run, qrels, ["R@1"])["R@1"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -405,6 +605,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     p.add_argument("--batch-size", type=int, default=32, help="store build batch size")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--rounds", type=int, default=3, help="timing rounds over all systems; medians reported (default 3)")
+    p.add_argument("--build-docs", type=int, default=64,
+                   help="passages encoded per round per system for encode_docs_per_s (default 64)")
+    p.add_argument("--quality", action="store_true",
+                   help="also measure each MixEncoder variant's nDCG@10 (DL20) and R@1 (Ubuntu-IRC valid) change")
+    p.add_argument("--ubuntu-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/ubuntu/v2")
+    p.add_argument("--ubuntu-examples", type=int, default=500, help="Ubuntu-IRC valid examples for --quality")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     for noisy in ("transformers", "mixencoder"):
@@ -413,10 +620,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     systems = parse_systems(args.systems)
-    if args.queries < 1 or args.cross_queries < 1:
-        raise SystemExit("--queries and --cross-queries must be >= 1")
+    if args.queries < 1 or args.cross_queries < 1 or args.rounds < 1:
+        raise SystemExit("--queries, --cross-queries and --rounds must be >= 1")
 
-    queries, lists, texts = load_candidates(args.data_dir, args.queries)
+    queries, lists, texts = load_candidates(args.data_dir, args.queries, every_top100=args.quality)
     logger.info("%d queries, %d distinct passages", len(queries), len(texts))
     tmp = tempfile.TemporaryDirectory(prefix="bench-speed-") if args.no_cache else None
     cache = Path(tmp.name) if tmp else args.cache
@@ -424,19 +631,32 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()[0]
     report: dict[str, Any] = {"gemm_gflops": {"float32": timer.peak_gflops()}, "systems": {}}
     try:
+        loaded = {}
         for name in systems:
-            base = "mixencoder-a" if name == "mixencoder-a-fastscore" else name
-            model = build_system(base, args.backbone)
-            store = store_for(model, texts, cache, with_pooled=needs_pooled(model), batch_size=args.batch_size)
-            timed = queries[: args.cross_queries] if name == "cross" else queries
-            score_fn = fast_mixencoder_score(model) if name == "mixencoder-a-fastscore" else None
-            # A fresh GEMM timer per system: its bound is measured right after its own timing,
-            # under the same CPU load (the machine is shared).
-            result = time_system(name, model, store, timed, lists, warmup=min(args.warmup, len(timed)), timer=GemmTimer(), score_fn=score_fn)
+            model, score_fn = build_variant(name, args.backbone)
+            store = store_for(model, texts, cache, with_pooled=model.needs_pooled, batch_size=args.batch_size,
+                              options=split_variant(name)[1])
+            loaded[name] = (model, score_fn, store)
+        # Rounds over every system in turn: a ratio between two systems is then taken between
+        # timings minutes apart at most, under the same load of the shared machine.
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in systems}
+        build_sample = [texts[d] for d in sorted(texts)[: args.build_docs]]
+        for _ in range(args.rounds):
+            for name, (model, score_fn, store) in loaded.items():
+                timed = queries[: args.cross_queries] if name == "cross" else queries
+                # A fresh GEMM timer per system: its bound is measured right after its own
+                # timing, under the same CPU load.
+                result = time_system(name, model, store, timed, lists, warmup=min(args.warmup, len(timed)),
+                                     timer=GemmTimer(), score_fn=score_fn)
+                result["encode_docs_per_s"] = encode_rate(model, build_sample)
+                rounds[name].append(result)
+        for name, (model, _, store) in loaded.items():
+            result = merge_rounds(rounds[name], rounds.get(REFERENCE_PATH))
             result["bytes_per_candidate"] = store.bytes_per_candidate(include_search_index=False)
             result["store_dtype"] = store.dtype
             report["systems"][name] = result
-            del model, store
+        if args.quality:
+            report["quality"] = quality_deltas(loaded, texts, cache, args)
     finally:
         if tmp:
             tmp.cleanup()
@@ -448,6 +668,8 @@ def main(argv: list[str] | None = None) -> int:
     report["threads"] = torch.get_num_threads()
     report["queries"] = len(queries)
     report["cross_queries"] = min(args.cross_queries, len(queries))
+    report["rounds"] = args.rounds
+    report["reference_path"] = REFERENCE_PATH
     print_table(report, report["cross_queries"], len(queries))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -455,86 +677,73 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------- a faster MixEncoder score (prototype)
+def merge_rounds(rounds: list[dict[str, Any]], reference: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """One system's rounds -> its result: the last round's fields, with ``ms_per_query`` and
+    ``p90_ms`` the medians over rounds, ``ms_per_query_rounds`` each round's figure and
+    ``speedup_vs_reference`` the median over rounds of the reference's ms over this system's
+    ms in the same round (``None`` without the reference path in the run)."""
+    result = dict(rounds[-1])
+    result["encode_docs_per_s"] = statistics.median(r["encode_docs_per_s"] for r in rounds)
+    for n in map(str, SIZES):
+        per = dict(rounds[-1][n])
+        per["ms_per_query_rounds"] = [r[n]["ms_per_query"] for r in rounds]
+        per["ms_per_query"] = statistics.median(per["ms_per_query_rounds"])
+        per["p90_ms"] = statistics.median(r[n]["p90_ms"] for r in rounds)
+        per["speedup_vs_reference"] = (
+            statistics.median(ref[n]["ms_per_query"] / r[n]["ms_per_query"] for ref, r in zip(reference, rounds))
+            if reference else None
+        )
+        result[n] = per
+    return result
 
 
-def fast_mixencoder_score(model: MixEncoder) -> Callable[[Any, Any], torch.Tensor]:
-    """A prototype of a faster ``MixEncoder.score`` (same scores; not used by the product).
+def encode_rate(model: Any, texts: list[str]) -> float:
+    """Candidates encoded per second by ``encode_candidates`` (a store build's work without the
+    writes), batch 32."""
+    start = time.perf_counter()
+    model.encode_candidates(texts, batch_size=32, show_progress_bar=False)
+    return len(texts) / (time.perf_counter() - start)
 
-    What it changes against ``mixencoder.models.functional`` (see the report it backs):
 
-    * 2-D layout: the candidates' E stays ``(n*k, d)``; no 5-D ``(B, C, k, H, dh)`` einsums, so
-      no permute copies, and the singleton batch dimension is gone.
-    * All heads in one GEMM: the query's keys/values become block-diagonal ``(d, H*q)`` /
-      ``(H*q, d)`` matrices, built once per query, so candidate-query attention is
-      ``(n*k, d) @ (d, H*q)`` and ``(n*k, H*q) @ (H*q, d)`` instead of per-head bmm's.
-    * Joint softmax over [own k keys; query keys] without the concatenation; no padding masks
-      (one query alone has none).
-    * Eq. 2 folded: ``h_query`` into the keys (``(W_h^T K)``) and ``h_dense`` into the values
-      (``V W_d^T``), two ``(n, d) @ (d, d)`` GEMMs fewer per layer; the gate's ``H`` block is
-      skipped at the first layer (H_0 = 0).
-    """
-    import torch.nn.functional as F
+def quality_deltas(
+    loaded: dict[str, tuple[Any, Any, CandidateStore]], texts: dict[str, str], cache: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Paired quality change of every MixEncoder variant against its plain float32 system:
+    nDCG@10 on DL20 (BM25 top-100 reranked from the store) and R@1 on the first
+    ``--ubuntu-examples`` Ubuntu-IRC validation examples. Models are untrained (zero-shot)."""
+    examples = list(itertools.islice(read_ubuntu_v2_eval(args.ubuntu_dir / "valid.csv"), args.ubuntu_examples))
+    per_query: dict[str, dict[str, dict[str, float]]] = {}
+    embeddings: dict[str, Any] = {}
+    out: dict[str, Any] = {"model": "untrained (zero-shot) " + (args.backbone or "all-MiniLM-L6-v2"),
+                           "ubuntu_examples": len(examples), "systems": {}}
 
-    cfg = model.config
-    heads, d = model.num_heads, model.hidden_size
-    dh = d // heads
-    scale = dh**-0.5
+    def measured(name: str) -> dict[str, dict[str, float]]:
+        if name not in per_query:
+            if name in loaded:
+                model, _, store = loaded[name]
+            else:  # the plain system a variant is compared with, when the run left it out
+                model = build_variant(name, args.backbone)[0]
+                store = store_for(model, texts, cache, with_pooled=model.needs_pooled, batch_size=args.batch_size)
+            logger.info("quality of %s", name)
+            per_query[name] = {
+                "nDCG@10": dl20_per_query(model, store, args.data_dir),
+                "R@1": ubuntu_per_query(model, split_variant(name)[1], examples, embeddings),
+            }
+        return per_query[name]
 
-    def ffn(block: Any, x: torch.Tensor) -> torch.Tensor:
-        return block.norm(block.fc_out(block.act(block.fc_in(x))) + x)
-
-    @torch.inference_mode()
-    def score(state: Any, reps: Any) -> torch.Tensor:
-        if state.mask.shape[0] != 1 or not bool(state.mask.all()):
-            return model.score(state, reps)  # the prototype covers one unpadded query
-        n, k = len(reps), cfg.k
-        e = reps.vectors[:, :k].to(torch.float32).reshape(n * k, d)
-        h = None
-        for layer, keys, values in zip(model.interaction, state.keys, state.values):
-            kq, vq = keys[0], values[0]  # (q, H, dh)
-            q = kq.shape[0]
-            kbd = torch.block_diag(*[kq[:, i].T for i in range(heads)])  # (d, H*q)
-            vbd = torch.block_diag(*[vq[:, i] for i in range(heads)])  # (H*q, d)
-            # Eq. 1: E's rows attend over [their own k keys; the query's keys].
-            qc, kc, vc = layer.query(e), layer.key(e), layer.value(e)
-            s_q = (qc @ kbd).mul_(scale).view(n, k, heads, q)
-            s_s = torch.einsum("nkhd,nlhd->nkhl", qc.view(n, k, heads, dh), kc.view(n, k, heads, dh)).mul_(scale)
-            top = torch.maximum(s_q.amax(-1), s_s.amax(-1)).unsqueeze(-1)
-            p_q, p_s = (s_q - top).exp_(), (s_s - top).exp_()
-            z = p_q.sum(-1, keepdim=True).add_(p_s.sum(-1, keepdim=True))
-            p_q, p_s = p_q.div_(z), p_s.div_(z)
-            ctx = p_q.view(n * k, heads * q) @ vbd
-            ctx += torch.einsum("nkhl,nlhd->nkhd", p_s, vc.view(n, k, heads, dh)).reshape(n * k, d)
-            e_new = ffn(layer.ffn, layer.attn_norm(layer.attn_out(ctx) + e))
-            # Eq. 2, folded: Q* K^T = e_bar (W_h^T K) + b_h K ; dense(P V) = P (V W_d^T) + b_d.
-            e_bar = e if k == 1 else e.view(n, k, d).mean(1)
-            a_keys = layer.h_query.weight.T @ kbd  # (d, H*q)
-            b_keys = layer.h_query.bias @ kbd
-            probs = torch.softmax(torch.addmm(b_keys, e_bar, a_keys).mul_(scale).view(n, heads, q), -1)
-            new = torch.addmm(layer.h_dense.bias, probs.view(n, heads * q), vbd @ layer.h_dense.weight.T)
-            w, b = layer.gate.weight, layer.gate.bias
-            logits = torch.addmm(b, e_bar, w[:, :d].T).addmm_(new, w[:, d : 2 * d].T)
-            if h is not None:
-                logits.addmm_(h, w[:, 2 * d :].T)
-            g = torch.sigmoid(logits)
-            gated = g * new if h is None else torch.lerp(h, new, g)
-            h = ffn(layer.h_ffn, layer.h_norm(gated))
-            e = e_new
-        e_mean = e if k == 1 else e.view(n, k, d).mean(1)
-        if cfg.pooled_residual and cfg.mixing == "scalar":
-            hq = state.pooled[0][None] + model.alpha * h
-            ev = reps.pooled.to(torch.float32) + model.beta * e_mean
-        elif cfg.pooled_residual:
-            hq = state.pooled[0][None] + model.mix_query(h)
-            ev = reps.pooled.to(torch.float32) + model.mix_candidate(e_mean)
-        else:
-            hq, ev = h, e_mean
-        if cfg.similarity == "cosine":
-            return F.cosine_similarity(hq, ev, dim=-1, eps=1e-8) * model.log_scale.exp()
-        return (hq * ev).sum(-1)
-
-    return score
+    for name in loaded:
+        base, options = split_variant(name)
+        if not base.startswith("mixencoder") or not options - {"batched"}:
+            continue
+        ours, theirs = measured(name), measured(base)
+        row: dict[str, Any] = {"reference": base}
+        for measure in ("nDCG@10", "R@1"):
+            delta, se, n = paired_difference(ours[measure], theirs[measure])
+            row[measure] = {"value": statistics.mean(ours[measure].values()),
+                            "reference_value": statistics.mean(theirs[measure].values()),
+                            "delta": delta, "se": se, "queries": n}
+        out["systems"][name] = row
+    return out
 
 
 if __name__ == "__main__":

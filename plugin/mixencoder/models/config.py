@@ -10,6 +10,8 @@ from typing import Any, Literal
 Strategy = Literal["S", "C"]
 Similarity = Literal["dot", "cosine"]
 Mixing = Literal["linear", "scalar"]
+CandidateLayout = Literal["embeddings", "precomputed"]
+Quantization = Literal["none", "int8"]
 
 
 class DictConfig:
@@ -77,6 +79,16 @@ class MixEncoderConfig(DictConfig):
         num_labels: size of the classifier head over ``[h; e; |h - e|]`` (3 for NLI, 0: none).
         query_max_length: query truncation, in tokens.
         candidate_max_length: candidate truncation, in tokens (the k special tokens included).
+        candidate_layout: what ``encode_candidates`` stores per candidate. ``"embeddings"``: the
+            k context embeddings E0. ``"precomputed"``: E0 followed by everything of the first
+            interaction layer that reads E0 alone (its Q', K', V' rows and the gate's mean-E
+            term), which online scoring then reads instead of computing; same scores, more
+            bytes per candidate. Recorded in the candidate fingerprint, so a store of one layout
+            never serves a model of the other.
+        quantization: ``"none"`` (float32) or ``"int8"``: every linear layer (backbone,
+            interaction, mixing maps) runs as a dynamic int8 layer on CPU
+            (:mod:`mixencoder.models.quantize`), for online scoring and for store builds alike.
+            Inference only; part of the candidate fingerprint.
         backbone_config: the backbone's own config dict, filled in by the model; lets a saved
             model rebuild its backbone without the original files.
     """
@@ -95,6 +107,8 @@ class MixEncoderConfig(DictConfig):
     num_labels: int = 0
     query_max_length: int = 32
     candidate_max_length: int = 180
+    candidate_layout: CandidateLayout = "embeddings"
+    quantization: Quantization = "none"
     backbone_config: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -106,6 +120,12 @@ class MixEncoderConfig(DictConfig):
             raise ValueError(f"similarity must be 'dot' or 'cosine', got {self.similarity!r}")
         if self.mixing not in ("linear", "scalar"):
             raise ValueError(f"mixing must be 'linear' or 'scalar', got {self.mixing!r}")
+        if self.candidate_layout not in ("embeddings", "precomputed"):
+            raise ValueError(
+                f"candidate_layout must be 'embeddings' or 'precomputed', got {self.candidate_layout!r}"
+            )
+        if self.quantization not in ("none", "int8"):
+            raise ValueError(f"quantization must be 'none' or 'int8', got {self.quantization!r}")
         if self.strategy == "S" and self.candidate_max_length <= self.k + 1:
             raise ValueError(
                 f"candidate_max_length={self.candidate_max_length} leaves no room for text "

@@ -103,3 +103,68 @@ def similarity(h: torch.Tensor, e: torch.Tensor, kind: str, scale: torch.Tensor 
 def pair_features(h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     """Classifier input ``[h; e; |h - e|]`` (Sentence-BERT style), ``(..., 3d)``."""
     return torch.cat([h, e, (h - e).abs()], dim=-1)
+
+
+# ---------------------------------------------------------------------- one query, flat layout
+# The online path scores many candidates against one query. There the candidates' rows stay a
+# flat ``(n*k, d)`` matrix and the query's per-head keys/values become block-diagonal matrices,
+# so that every head's attention is one plain GEMM over all heads at once (no 5-D einsums and
+# no permute copies). ``q`` counts real query tokens only: padding is dropped before, not masked.
+
+
+def block_diagonal_keys(k_query: torch.Tensor) -> torch.Tensor:
+    """``(q, H, dh)`` keys -> ``(d, H*q)``: column block ``h`` holds head ``h``'s keys, so that
+    ``x (n, d) @ result`` gives every head's scores against the query, ``(n, H*q)``."""
+    return torch.block_diag(*k_query.permute(1, 2, 0).unbind(0))
+
+
+def block_diagonal_values(v_query: torch.Tensor) -> torch.Tensor:
+    """``(q, H, dh)`` values -> ``(H*q, d)``: ``probs (n, H*q) @ result`` is every head's
+    attention-weighted sum of the query's values, already merged into ``(n, d)``."""
+    return torch.block_diag(*v_query.permute(1, 0, 2).unbind(0))
+
+
+def candidate_query_attention_flat(
+    q_cand: torch.Tensor,
+    k_cand: torch.Tensor,
+    v_cand: torch.Tensor,
+    keys_bd: torch.Tensor,
+    values_bd: torch.Tensor,
+    num_heads: int,
+) -> torch.Tensor:
+    """Eq. 1 for one query, as :func:`candidate_query_attention` computes it, on flat tensors.
+
+    The softmax runs jointly over [own k keys; query keys] without building the concatenation.
+
+    Args:
+        q_cand, k_cand, v_cand: ``(n, k, d)`` projections of the candidates' E.
+        keys_bd, values_bd: the query's keys/values at this layer as
+            :func:`block_diagonal_keys` / :func:`block_diagonal_values` give them.
+        num_heads: ``H``.
+
+    Returns:
+        ``(n*k, d)`` attention output, heads merged.
+    """
+    n, k, d = q_cand.shape
+    dh = d // num_heads
+    scale = 1.0 / math.sqrt(dh)
+    q_flat = q_cand.reshape(n * k, d)
+    s_query = (q_flat @ keys_bd).mul_(scale).view(n, k, num_heads, -1)  # (n, k, H, q)
+    s_self = torch.einsum(
+        "nkhd,nlhd->nkhl", q_cand.view(n, k, num_heads, dh), k_cand.view(n, k, num_heads, dh)
+    ).mul_(scale)  # (n, k, H, k)
+    top = torch.maximum(s_query.amax(-1), s_self.amax(-1)).unsqueeze(-1)
+    p_query, p_self = s_query.sub_(top).exp_(), s_self.sub_(top).exp_()
+    total = p_query.sum(-1, keepdim=True).add_(p_self.sum(-1, keepdim=True))
+    p_query, p_self = p_query.div_(total), p_self.div_(total)
+    out = p_query.view(n * k, -1) @ values_bd
+    out += torch.einsum("nkhl,nlhd->nkhd", p_self, v_cand.view(n, k, num_heads, dh)).reshape(n * k, d)
+    return out
+
+
+def pooled_query_attention_flat(scores: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Eq. 2's attention weights for one query: ``scores (n, H*q)`` (already scaled) -> the
+    per-head softmax over the query tokens, ``(n, H*q)``, ready to multiply a block-diagonal
+    value matrix."""
+    n = scores.shape[0]
+    return torch.softmax(scores.view(n, num_heads, -1), dim=-1).view(n, -1)

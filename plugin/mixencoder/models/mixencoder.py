@@ -19,13 +19,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from transformers.activations import GELUActivation
 
 from . import functional as MF
 from .backbone import bert_layers
 from .base import CandidateReps, RankingModel
 from .config import MixEncoderConfig
+from .quantize import Int8Linear, linear_columns, quantize_linear_layers
 
-SCORE_CHUNK = 1024  # candidates scored per step; any value gives the same scores
+SCORE_CHUNK = 512  # candidates per step (any value gives the same scores): a step's (512, 1536) feed-forward activations stay in L2
 
 
 @dataclass
@@ -42,6 +44,27 @@ class QueryState:
     values: list[torch.Tensor]
     mask: torch.Tensor
     pooled: torch.Tensor
+
+
+@dataclass
+class LayerQuery:
+    """One query as one interaction layer's online scoring path multiplies by it (real tokens
+    only, ``q`` of them; see :meth:`InteractionLayer.prepare_query`).
+
+    Attributes:
+        keys, values: ``(d, H*q)`` / ``(H*q, d)`` block-diagonal keys/values (Eq. 1).
+        pooled_keys, pooled_keys_bias: Eq. 2's ``Q* K^T`` with ``h_query`` and the attention
+            scale folded into the keys: scores are ``mean(E) @ pooled_keys + pooled_keys_bias``.
+            ``None`` when not folded (then ``h_query`` runs per candidate).
+        pooled_values: ``(H*q, d)`` Eq. 2's values with ``h_dense``'s weight folded in, or
+            ``None`` (then ``h_dense`` runs per candidate).
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    pooled_keys: torch.Tensor | None = None
+    pooled_keys_bias: torch.Tensor | None = None
+    pooled_values: torch.Tensor | None = None
 
 
 def _copy(module: nn.Module) -> nn.Module:
@@ -62,8 +85,14 @@ class FeedForward(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.dropout(self.fc_out(self.act(self.fc_in(x))), self.dropout, self.training)
+        y = F.dropout(self.fc_out(self._inner(x)), self.dropout, self.training)
         return self.norm(y + x)
+
+    def _inner(self, x: torch.Tensor) -> torch.Tensor:
+        # An int8 layer applies BERT's exact GELU in its own output pass.
+        if isinstance(self.fc_in, Int8Linear) and isinstance(self.act, GELUActivation) and self.act.act is F.gelu:
+            return self.fc_in(x, post_op="gelu")
+        return self.act(self.fc_in(x))
 
 
 class InteractionLayer(nn.Module):
@@ -119,6 +148,74 @@ class InteractionLayer(nn.Module):
         gated = MF.gated_update(self.gate(torch.cat([e_bar, new, h], dim=-1)), new, h)
         h_new = self.h_ffn(self.h_norm(gated))  # (B, C, d)
         return e_new, h_new
+
+    # The online path below computes what ``forward`` computes for one query, reordered:
+    # flat (n*k, d) rows, all heads per GEMM, h_query and h_dense folded into the query's
+    # keys/values once per query when that pays (two (n, d) @ (d, d) GEMMs fewer per layer),
+    # and the gate's H block skipped where H is zero. tests/test_fast_scoring.py checks it
+    # against the equations.
+
+    def prepare_query(self, k_query: torch.Tensor, v_query: torch.Tensor, *, fold: bool) -> LayerQuery:
+        """One query's real-token keys/values ``(q, H, dh)`` at this layer -> :class:`LayerQuery`.
+
+        ``fold``: fold ``h_query`` and ``h_dense`` into the keys/values, which costs
+        ``2 d^2 H q`` multiply-adds once and saves ``2 d^2`` per candidate: worth it for more
+        than ``H * q`` candidates.
+        """
+        keys, values = MF.block_diagonal_keys(k_query), MF.block_diagonal_values(v_query)
+        if not fold:
+            return LayerQuery(keys, values)
+        scale = 1.0 / math.sqrt(k_query.shape[-1])
+        # Q* K^T = (e W^T + b) K^T = e (W^T K^T) + b K^T; dense(P V) = P (V W_d^T) + b_d.
+        return LayerQuery(
+            keys=keys,
+            values=values,
+            pooled_keys=(self.h_query.weight.t() @ keys).mul_(scale),
+            pooled_keys_bias=(self.h_query.bias @ keys).mul_(scale),
+            pooled_values=values @ self.h_dense.weight.t(),
+        )
+
+    def candidate_projections(self, e: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Everything of this layer that reads the candidate's E alone, for ``e (n, k, d)``:
+        ``(Q', K', V')``, each ``(n, k, d)`` (Eq. 1), and the gate's mean-E term with the gate's
+        bias, ``(n, d)`` (Eq. 2). At the first layer E is E0, so these can be stored offline."""
+        n, k, d = e.shape
+        flat = e.reshape(n * k, d)
+        gate_e = linear_columns(self.gate, 0, d, with_bias=True)(e[:, 0] if k == 1 else e.mean(1))
+        return (*(proj(flat).view(n, k, d) for proj in (self.query, self.key, self.value)), gate_e)
+
+    def score_one_query(
+        self,
+        e: torch.Tensor,  # (n, k, d)
+        h: torch.Tensor | None,  # (n, d); None where H is zero (the first layer)
+        query: LayerQuery,
+        projections: tuple[torch.Tensor, ...] | None = None,  # candidate_projections(e), if stored
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` for one query (eval mode, no dropout): ``(E_j (n, k, d), H_j (n, d))``."""
+        n, k, d = e.shape
+        q_c, k_c, v_c, gate_e = self.candidate_projections(e) if projections is None else projections
+        # Eq. 1
+        ctx = MF.candidate_query_attention_flat(q_c, k_c, v_c, query.keys, query.values, self.num_heads)
+        flat = e.reshape(n * k, d)
+        e_new = self.ffn(self.attn_norm(self.attn_out(ctx) + flat)).view(n, k, d)
+        # Eq. 2
+        e_bar = e[:, 0] if k == 1 else e.mean(1)
+        if query.pooled_keys is None:
+            scores = (self.h_query(e_bar) @ query.keys).mul_(1.0 / math.sqrt(d // self.num_heads))
+        else:
+            scores = torch.addmm(query.pooled_keys_bias, e_bar, query.pooled_keys)
+        probs = MF.pooled_query_attention_flat(scores, self.num_heads)
+        if query.pooled_values is None:
+            new = self.h_dense(probs @ query.values)
+        else:
+            new = torch.addmm(self.h_dense.bias, probs, query.pooled_values)
+        logits = gate_e + linear_columns(self.gate, d, 2 * d, with_bias=False)(new)
+        if h is None:
+            gated = torch.sigmoid(logits) * new  # g * new + (1 - g) * 0
+        else:
+            logits = logits + linear_columns(self.gate, 2 * d, 3 * d, with_bias=False)(h)
+            gated = MF.gated_update(logits, new, h)
+        return e_new, self.h_ffn(self.h_norm(gated))
 
 
 class MixEncoder(RankingModel):
@@ -178,6 +275,20 @@ class MixEncoder(RankingModel):
         self.classifier = nn.Linear(3 * d, config.num_labels) if config.num_labels else None
         # The query side's own backbone (a copy; a saved model's weights overwrite it on load).
         self.query_backbone = copy.deepcopy(backbone) if config.separate_query_encoder else None
+        if config.quantization == "int8":
+            self._quantize_int8()
+
+    def _quantize_int8(self) -> None:
+        # After every module exists, so that the interaction layers copied the backbone's float
+        # weights; a saved float32 model's weights are quantized as they load (Int8Linear's
+        # state-dict hook). A backbone's tokens differ widely in magnitude ([CLS], [SEP] and
+        # punctuation carry outliers), so its activations get one scale per token; the
+        # interaction's rows (one per candidate, after LayerNorm) share one scale per tensor,
+        # which lets oneDNN fuse the dequantization into the GEMM.
+        for backbone in (self.backbone, self.query_backbone):
+            if backbone is not None:
+                quantize_linear_layers(backbone, per_row=True)
+        quantize_linear_layers(self)
 
     def with_separate_query_encoder(self) -> MixEncoder:
         """A copy of this model whose queries go through their own copy of the backbone.
@@ -191,6 +302,28 @@ class MixEncoder(RankingModel):
         clone.config = dataclasses.replace(clone.config, separate_query_encoder=True)
         clone.query_backbone = copy.deepcopy(clone.backbone)
         return clone
+
+    def with_inference_options(
+        self, *, candidate_layout: str | None = None, quantization: str | None = None
+    ) -> MixEncoder:
+        """A copy of this model with another candidate layout and/or quantization.
+
+        The weights are this model's (int8 codes are quantized from its float weights). Both
+        options enter :meth:`candidate_fingerprint`, so the copy needs a store of its own.
+
+        Raises:
+            ValueError: on an unknown option, or asking an int8 model for float32 (the float
+                weights are gone; load the saved float model instead).
+        """
+        layout = self.config.candidate_layout if candidate_layout is None else candidate_layout
+        quant = self.config.quantization if quantization is None else quantization
+        if self.config.quantization == "int8" and quant != "int8":
+            raise ValueError("an int8 model cannot be turned back into float32; load the float model instead")
+        clone = copy.deepcopy(self)
+        clone.config = dataclasses.replace(clone.config, candidate_layout=layout, quantization=quant)
+        if quant == "int8" and self.config.quantization != "int8":
+            clone._quantize_int8()
+        return clone.eval()
 
     @property
     def query_side_backbone(self) -> nn.Module:
@@ -315,19 +448,22 @@ class MixEncoder(RankingModel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The two vectors the heads compare, ``(B, C, d)`` each (``e0`` as in :meth:`interact`)."""
         h, e = self.interact(query, e0)
-        if self.config.pooled_residual:
-            if cand_pooled is None:
-                raise ValueError(
-                    "this model (pooled_residual=True) needs the candidates' pooled vectors; "
-                    "build the store with with_pooled=True"
-                )
-            if self.config.mixing == "scalar":
-                h = query.pooled[:, None, :] + self.alpha * h
-                e = cand_pooled + self.beta * e
-            else:
-                h = query.pooled[:, None, :] + self.mix_query(h)
-                e = cand_pooled + self.mix_candidate(e)
-        return h, e
+        return self._mixed(h, e, query.pooled[:, None, :], cand_pooled)
+
+    def _mixed(
+        self, h: torch.Tensor, e: torch.Tensor, query_pooled: torch.Tensor, cand_pooled: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h, mean E)`` joined with the pooled vectors as ``pooled_residual``/``mixing`` say."""
+        if not self.config.pooled_residual:
+            return h, e
+        if cand_pooled is None:
+            raise ValueError(
+                "this model (pooled_residual=True) needs the candidates' pooled vectors; "
+                "build the store with with_pooled=True"
+            )
+        if self.config.mixing == "scalar":
+            return query_pooled + self.alpha * h, cand_pooled + self.beta * e
+        return query_pooled + self.mix_query(h), cand_pooled + self.mix_candidate(e)
 
     def similarity(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         return MF.similarity(h, e, self.config.similarity, self.log_scale.exp())
@@ -367,15 +503,61 @@ class MixEncoder(RankingModel):
 
     # ------------------------------------------------------------------ inference (Scorer)
 
+    def _candidate_side(self):
+        # A precomputed store holds the first interaction layer's outputs too.
+        named = list(self.backbone.state_dict().items())
+        if self.config.candidate_layout == "precomputed":
+            named += [(f"interaction.0.{n}", t) for n, t in self.interaction[0].state_dict().items()]
+        return named
+
     def _candidate_side_unnamed(self) -> list[torch.Tensor]:
         return [self.special_or_codes]
 
     def _fingerprint_extra(self) -> dict[str, Any]:
-        return {"strategy": self.config.strategy, "k": self.config.k, "dim": self.hidden_size}
+        # The layout and the quantization appear only when they are not the defaults, so stores
+        # built before those options existed keep serving default models.
+        extra = {"strategy": self.config.strategy, "k": self.config.k, "dim": self.hidden_size}
+        if self.config.candidate_layout != "embeddings":
+            extra["candidate_layout"] = self.config.candidate_layout
+        if self.config.quantization != "none":
+            extra["quantization"] = self.config.quantization
+        return extra
 
     def _candidate_reps_batch(self, tokens):
+        """E0 ``(b, k, d)``, then the precomputed rows if ``candidate_layout="precomputed"``."""
         e0, pooled = self.encode_candidates_torch(**tokens)
-        return e0, torch.full((e0.shape[0],), self.config.k, dtype=torch.int64), pooled
+        if self.config.candidate_layout == "precomputed":
+            e0 = self._with_precomputed_rows(e0.float())
+        return e0, torch.full((e0.shape[0],), self.rows_per_candidate, dtype=torch.int64), pooled
+
+    @property
+    def rows_per_candidate(self) -> int:
+        """Stored vectors per candidate: k (E0), or 4k + 1 with the precomputed layout
+        (E0, then the first interaction layer's Q', K', V' and gate term)."""
+        k = self.config.k
+        return 4 * k + 1 if self.config.candidate_layout == "precomputed" else k
+
+    def _with_precomputed_rows(self, e0: torch.Tensor) -> torch.Tensor:
+        """``E0 (n, k, d)`` -> ``(n, 4k + 1, d)``: E0, Q', K', V', then the gate's mean-E term."""
+        q_c, k_c, v_c, gate_e = self.interaction[0].candidate_projections(e0)
+        return torch.cat([e0, q_c, k_c, v_c, gate_e.unsqueeze(1)], dim=1)
+
+    @torch.inference_mode()
+    def precompute(self, reps: CandidateReps) -> CandidateReps:
+        """Embedding-layout reps (E0 alone, as a default-layout model of the same weights
+        encodes them) -> this model's precomputed layout, without running the backbone again.
+
+        Raises:
+            ValueError: this model's ``candidate_layout`` is not ``"precomputed"``, or ``reps``
+                are not k rows per candidate.
+        """
+        k = self.config.k
+        if self.config.candidate_layout != "precomputed":
+            raise ValueError("precompute() needs a model with candidate_layout='precomputed'")
+        if reps.vectors.shape[-1] != self.hidden_size or bool((reps.lengths != k).any()):
+            raise ValueError(f"precompute() takes embedding-layout reps of k={k} rows of d={self.hidden_size}")
+        vectors = self._with_precomputed_rows(reps.vectors[:, :k].to(self.device, torch.float32)).cpu()
+        return CandidateReps(vectors, torch.full_like(reps.lengths, self.rows_per_candidate), reps.pooled)
 
     @torch.inference_mode()
     def encode_query(self, query: str) -> QueryState:
@@ -396,22 +578,42 @@ class MixEncoder(RankingModel):
 
     @torch.inference_mode()
     def score(self, query_state: QueryState, reps: CandidateReps) -> torch.Tensor:
-        """Online: ``(n,)`` scores of the candidates in ``reps`` for one encoded query."""
+        """Online: ``(n,)`` scores of the candidates in ``reps`` for one encoded query.
+
+        The same scores as :meth:`forward`, computed the way one query and many candidates
+        want it (see :meth:`InteractionLayer.score_one_query`); with the precomputed layout the
+        first interaction layer reads its candidate-only terms from ``reps``.
+        """
         self.eval()
         if query_state.mask.shape[0] != 1:
             raise ValueError("score() takes one encoded query; use forward() for batches")
-        k = self.config.k
-        if reps.vectors.shape[-1] != self.hidden_size or bool((reps.lengths != k).any()):
+        k, rows = self.config.k, self.rows_per_candidate
+        if reps.vectors.shape[-1] != self.hidden_size or bool((reps.lengths != rows).any()):
             raise ValueError(
                 f"candidate reps of shape {tuple(reps.vectors.shape)} do not fit this model "
-                f"(k={k}, d={self.hidden_size}); were they stored by another model?"
+                f"(k={k}, d={self.hidden_size}, {rows} rows per candidate with "
+                f"candidate_layout={self.config.candidate_layout!r}); were they stored by another model?"
             )
+        real = query_state.mask[0]  # padding dropped here instead of masked in every layer
+        fold = len(reps) > self.num_heads * int(real.sum())
+        layer_queries = [
+            layer.prepare_query(k_q[0][real], v_q[0][real], fold=fold)
+            for layer, k_q, v_q in zip(self.interaction, query_state.keys, query_state.values)
+        ]
+        query_pooled = query_state.pooled[0][None].float()
         out = []
         for start in range(0, len(reps), SCORE_CHUNK):
-            e0 = reps.vectors[start : start + SCORE_CHUNK, :k].to(self.device, torch.float32)
-            pooled = None if reps.pooled is None else reps.pooled[start : start + SCORE_CHUNK].to(self.device)
-            h, e = self.head_vectors(query_state, e0.unsqueeze(0), None if pooled is None else pooled.unsqueeze(0))
-            out.append(self.similarity(h, e)[0].float().cpu())
+            chunk = reps.vectors[start : start + SCORE_CHUNK, :rows].to(self.device, torch.float32)
+            pooled = None if reps.pooled is None else reps.pooled[start : start + SCORE_CHUNK].to(self.device, torch.float32)
+            e, h = chunk[:, :k], None
+            stored = None
+            if self.config.candidate_layout == "precomputed":
+                stored = (chunk[:, k : 2 * k], chunk[:, 2 * k : 3 * k], chunk[:, 3 * k : 4 * k], chunk[:, 4 * k])
+            for layer, layer_query in zip(self.interaction, layer_queries):
+                e, h = layer.score_one_query(e, h, layer_query, stored)
+                stored = None  # only the first layer's inputs are candidate-only
+            h, e_mean = self._mixed(h, e[:, 0] if k == 1 else e.mean(1), query_pooled, pooled)
+            out.append(self.similarity(h, e_mean).float().cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
     @torch.inference_mode()
