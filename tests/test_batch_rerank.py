@@ -69,6 +69,11 @@ def test_rerank_many_edges_and_errors(tiny_model_factory, vaswani_docs):
     some = list(vaswani_docs)[:5]
     assert reranker.rerank_many([], []) == []
     assert reranker.rerank_many(["radio", "waves"], [[], some])[0] == []
+    # The same candidates in another order: each query still scores its own list.
+    flipped = some[::-1]
+    assert reranker.rerank_many(["radio", "waves"], [some, flipped]) == [
+        reranker.rerank("radio", some), reranker.rerank("waves", flipped)
+    ]
     with pytest.raises(ValueError, match="2 queries but 1 candidate lists"):
         reranker.rerank_many(["radio", "waves"], [some])
     with pytest.raises(ValueError, match="2 queries but 1 first_stage_scores entries"):
