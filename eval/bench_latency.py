@@ -13,13 +13,13 @@ candidate store built by the bundled all-MiniLM-L6-v2 MixEncoder, both cached un
   the wall time of the whole call, ``other`` what the stages do not cover (hit objects,
   argument checks), ``total_cpu`` the process CPU time of the call (all threads, the JVM's
   included): on a loaded machine wall time also counts the waits for a core.
-* ``throughput``: ``RerankingSearcher.batch_search`` over the same queries, queries/s (median
-  of ``--repeats`` runs, the variants taking turns), for each ``threads`` in ``--threads``
-  (torch's intra-op threads are set to the same number; the first stage gets the same number
+* ``throughput``: ``RerankingSearcher.batch_search`` over the first ``--throughput-queries``
+  of them, queries/s (median of ``--repeats`` runs, the variants taking turns), for each
+  ``threads`` in ``--threads`` (torch's intra-op threads are set to the same number; the first stage gets the same number
   of Java threads) and for ``rerank_batch`` 1 (one query per ``Reranker.rerank_many`` call)
   and ``--rerank-batch`` (several queries' candidates gathered in one store call);
   ``speedup`` is each against the first variant (``threads=1, rerank_batch=1``) in this run.
-* ``memory`` (with ``--memory``): peak resident memory (``VmHWM`` of a fresh child process,
+* ``memory``: peak resident memory (``VmHWM`` of a fresh child process,
   MB) of ``serve``: a Reranker over the 1M-row tiled store of ``eval/bench_store.py``
   (``--serve-store``; build it first) reranking ``--serve-queries`` DL20 queries of
   ``--depth`` random candidates each with the MiniLM k=1 model its vectors come from (peak
@@ -30,11 +30,13 @@ candidate store built by the bundled all-MiniLM-L6-v2 MixEncoder, both cached un
   in minutes on two cores: the figure is the build's own memory, not a real backbone's
   activations; it must not grow with N.
 
-JSON schema: ``{"machine": {...}, "setup": {...}, "latency": {stage: {"p50", "p90"}},
+JSON schema: ``{"machine": {...}, "setup": {...}, "latency": {"stages_ms": {stage: {"p50",
+"p90"}}, "queries", "candidates_per_query"},
 "throughput": [{"threads", "rerank_batch", "queries_per_s", "speedup"}],
 "memory": {"serve": {"peak_rss_mb", "peak_rss_mb_after_10", ...}, "build": [{"docs",
 "peak_rss_mb", "before_build_rss_mb", "docs_per_s", ...}]}}``.
-Measurements on a shared machine are noisy: compare figures within one run.
+``--parts`` picks some of the three (each is in the JSON only when measured). Measurements on a
+shared machine are noisy: compare figures within one run.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from mixencoder.first_stage import BM25Searcher, build_bm25_index  # noqa: E402
 logger = logging.getLogger("bench_latency")
 
 STAGES = ("first_stage", "gather", "encode_query", "score", "fusion")
+PARTS = ("latency", "throughput", "memory")
 
 
 def vaswani_setup(data_dir: Path, cache: Path) -> tuple[BM25Searcher, MixEncoder, CandidateStore, dict[str, str]]:
@@ -90,7 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts for throughput")
     p.add_argument("--rerank-batch", type=int, default=8, help="queries per rerank_many call, batched variant")
     p.add_argument("--repeats", type=int, default=3, help="batch_search runs per variant (median reported)")
-    p.add_argument("--memory", action="store_true", help="also measure peak memory in child processes")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure (default all)")
+    p.add_argument("--throughput-queries", type=int, default=32, help="queries per batch_search run")
     p.add_argument("--serve-store", type=Path, default=Path("work/bench_store/store-1000000"))
     p.add_argument("--serve-queries", type=int, default=1000)
     p.add_argument("--build-sizes", type=int, nargs="+", default=[25_000, 100_000], help="docs per measured build")
@@ -308,13 +312,16 @@ def in_child(args: argparse.Namespace, what: str, size: int | None = None) -> di
 
 def table(result: dict[str, Any]) -> str:
     """The figures as aligned text."""
-    lines = [f"whole-query latency, depth {result['setup']['depth']} ({result['latency']['queries']} Vaswani queries, "
-             f"{result['setup']['torch_threads']} torch thread)", f"  {'stage':<14}{'p50 ms':>10}{'p90 ms':>10}"]
-    for stage, ms in result["latency"]["stages_ms"].items():
-        lines.append(f"  {stage:<14}{ms['p50']:>10.2f}{ms['p90']:>10.2f}")
-    lines += ["batch_search throughput", f"  {'threads':<9}{'per call':>9}{'queries/s':>11}{'speed-up':>10}"]
-    for r in result["throughput"]:
-        lines.append(f"  {r['threads']:<9}{r['rerank_batch']:>9}{r['queries_per_s']:>11.2f}{r['speedup']:>10.3f}")
+    lines = []
+    if "latency" in result:
+        lines += [f"whole-query latency, depth {result['setup']['depth']} ({result['latency']['queries']} Vaswani "
+                  f"queries, {result['setup']['torch_threads']} torch thread)", f"  {'stage':<14}{'p50 ms':>10}{'p90 ms':>10}"]
+        for stage, ms in result["latency"]["stages_ms"].items():
+            lines.append(f"  {stage:<14}{ms['p50']:>10.2f}{ms['p90']:>10.2f}")
+    if "throughput" in result:
+        lines += ["batch_search throughput", f"  {'threads':<9}{'per call':>9}{'queries/s':>11}{'speed-up':>10}"]
+        for r in result["throughput"]:
+            lines.append(f"  {r['threads']:<9}{r['rerank_batch']:>9}{r['queries_per_s']:>11.2f}{r['speedup']:>10.3f}")
     memory = result.get("memory")
     if memory:
         serve = memory["serve"]
@@ -337,21 +344,28 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child_serve(args) if args.child == "serve" else child_build(args)))
         return 0
     torch.set_num_threads(1)
-    bm25, model, store, topics = vaswani_setup(args.data_dir, args.cache)
-    queries = list(topics.values())[: args.queries]
-    searcher = RerankingSearcher(bm25, Reranker(model, store), depth=args.depth)
     result: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()],
                     "python": platform.python_version(), "torch": torch.__version__},
-        "setup": {"collection": str(args.data_dir), "documents": len(store), "model": "all-MiniLM-L6-v2 MixEncoder",
-                  "k": model.config.k, "depth": args.depth, "fusion": str(searcher.reranker.fusion_in_use),
-                  "torch_threads": 1, "store_dtype": store.dtype},
     }
-    logger.info("latency over %d queries", len(queries))
-    result["latency"] = measure_latency(searcher, queries)
-    logger.info("throughput, threads %s", args.threads)
-    result["throughput"] = measure_throughput(searcher, queries, args.threads, args.rerank_batch, args.repeats)
-    if args.memory:
+    if "latency" in args.parts or "throughput" in args.parts:
+        bm25, model, store, topics = vaswani_setup(args.data_dir, args.cache)
+        queries = list(topics.values())[: args.queries]
+        searcher = RerankingSearcher(bm25, Reranker(model, store), depth=args.depth)
+        result["setup"] = {
+            "collection": str(args.data_dir), "documents": len(store), "model": "all-MiniLM-L6-v2 MixEncoder",
+            "k": model.config.k, "depth": args.depth, "fusion": str(searcher.reranker.fusion_in_use),
+            "torch_threads": 1, "store_dtype": store.dtype,
+        }
+    if "latency" in args.parts:
+        logger.info("latency over %d queries", len(queries))
+        result["latency"] = measure_latency(searcher, queries)
+    if "throughput" in args.parts:
+        logger.info("throughput, threads %s", args.threads)
+        result["throughput"] = measure_throughput(
+            searcher, queries[: args.throughput_queries], args.threads, args.rerank_batch, args.repeats
+        )
+    if "memory" in args.parts:
         logger.info("memory: serving %s", args.serve_store)
         result["memory"] = {"serve": in_child(args, "serve"),
                             "build": [in_child(args, "build", n) for n in args.build_sizes]}

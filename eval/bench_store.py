@@ -380,6 +380,7 @@ def measure(path: Path, source: Source, args: argparse.Namespace) -> dict[str, A
         taken = timed("floor_take", take_rows, maps, rows, args.shard_size)
         timed("floor_take_f32", take_f32, rows)
     warm, warm_cpu = times["gather"]
+    del maps  # mapped pages cannot be dropped from the page cache: unmap before the cold case
     assert reps.vectors.shape == (K, 1, store.dim)
     # The floor reads the same rows: check it against the gather (same values, grouped order).
     order = np.argsort(rows // args.shard_size, kind="stable")
