@@ -23,7 +23,9 @@ candidate store built by the bundled all-MiniLM-L6-v2 MixEncoder, both cached un
   MB) of ``serve``: a Reranker over the 1M-row tiled store of ``eval/bench_store.py``
   (``--serve-store``; build it first) reranking ``--serve-queries`` DL20 queries of
   ``--depth`` random candidates each with the MiniLM k=1 model its vectors come from (peak
-  after the first 10 queries and after all of them: a leak shows as growth), and ``build``:
+  after the first 10 queries and after all of them: a leak shows as growth; VmHWM counts the
+  store pages the process has mapped, which belong to the page cache, so private memory,
+  RssAnon, is reported beside it), and ``build``:
   ``CandidateStore.build`` of N documents for each N in ``--build-sizes`` (the Vaswani texts
   cycled under fresh docids, streamed from a generator), by default with a small random BERT
   (``--build-model tiny``: 3 layers, d=32, MiniLM's tokenizer) so that 100k documents build
@@ -183,12 +185,14 @@ def measure_throughput(
 
 
 def memory_status() -> dict[str, float]:
-    """Peak (VmHWM) and current (VmRSS) resident memory of this process, MB."""
+    """This process's resident memory, MB, from /proc/self/status: peak (VmHWM) and current
+    (VmRSS), the current split into private memory (RssAnon) and mapped file pages (RssFile:
+    the store's memory maps, shared with the page cache and dropped under memory pressure)."""
     fields = {}
     with open("/proc/self/status") as f:
         for line in f:
             key, _, value = line.partition(":")
-            if key in ("VmHWM", "VmRSS"):
+            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
                 fields[key] = round(int(value.split()[0]) / 1024, 1)  # kB
     return fields
 
@@ -222,22 +226,36 @@ def child_serve(args: argparse.Namespace) -> dict[str, Any]:
     reranker = Reranker(TiledStoreModel(MixEncoder.from_pretrained(k=1), store.fingerprint), store, fusion=Fusion("none"))
     loaded = memory_status()
     rng = np.random.default_rng(0)
+    samples = []  # memory_status() after every 10th query
     start = time.perf_counter()
     for i in range(args.serve_queries):
-        reranker.rerank(queries[i % len(queries)], bench_store.docid_of(source, rng.integers(0, len(store), args.depth)))
-        if i == 9:
-            after_10 = memory_status()["VmHWM"]
+        rows = distinct_rows(rng, len(store), args.depth)
+        reranker.rerank(queries[i % len(queries)], bench_store.docid_of(source, rows))
+        if i % 10 == 9:
+            samples.append(memory_status())
     seconds = time.perf_counter() - start
-    final = memory_status()
     return {
         "store_rows": len(store),
         "queries": args.serve_queries,
         "candidates_per_query": args.depth,
         "rss_mb_after_load": loaded["VmRSS"],
-        "peak_rss_mb_after_10": after_10,
-        "peak_rss_mb": final["VmHWM"],
+        "peak_rss_mb_after_10": samples[0]["VmHWM"],
+        "peak_rss_mb": samples[-1]["VmHWM"],
+        # Private memory is what serving costs; mapped store pages are the page cache's.
+        "anon_mb_after_load": loaded["RssAnon"],
+        "max_anon_mb_after_10": samples[0]["RssAnon"],
+        "max_anon_mb": max(s["RssAnon"] for s in samples),
+        "file_mb_at_end": samples[-1]["RssFile"],
         "ms_per_query": round(1e3 * seconds / args.serve_queries, 1),
     }
+
+
+def distinct_rows(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """``k`` distinct random rows of ``n`` (a candidate list has no duplicates), in random order."""
+    rows = np.unique(rng.integers(0, n, k + k // 8))
+    while len(rows) < k:
+        rows = np.union1d(rows, rng.integers(0, n, k))
+    return rng.permutation(rows)[:k]
 
 
 def tiny_random_bert(cache: Path) -> Path:
@@ -290,6 +308,8 @@ def child_build(args: argparse.Namespace) -> dict[str, Any]:
         "shards": len(store.manifest["shards"]),
         "before_build_rss_mb": before["VmRSS"],
         "peak_rss_mb": after["VmHWM"],
+        "anon_mb_before": before["RssAnon"],
+        "anon_mb_after": after["RssAnon"],
         "docs_per_s": round(n / seconds, 1),
     }
     shutil.rmtree(path)
@@ -303,7 +323,9 @@ def in_child(args: argparse.Namespace, what: str, size: int | None = None) -> di
            "--serve-queries", str(args.serve_queries), "--build-model", args.build_model]
     if size is not None:
         cmd += ["--child-size", str(size)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"memory measurement {what} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -325,9 +347,10 @@ def table(result: dict[str, Any]) -> str:
     memory = result.get("memory")
     if memory:
         serve = memory["serve"]
-        lines += ["peak memory (VmHWM of a child process)",
-                  f"  serve {serve['store_rows']:,} rows: {serve['peak_rss_mb_after_10']:.0f} MB after 10 queries, "
-                  f"{serve['peak_rss_mb']:.0f} MB after {serve['queries']}"]
+        lines += ["peak memory (VmHWM of a child process; private = RssAnon, sampled every 10 queries)",
+                  f"  serve {serve['store_rows']:,} rows: peak {serve['peak_rss_mb_after_10']:.0f} MB after 10 queries, "
+                  f"{serve['peak_rss_mb']:.0f} MB after {serve['queries']}; private {serve['max_anon_mb_after_10']:.0f} "
+                  f"-> {serve['max_anon_mb']:.0f} MB ({serve['anon_mb_after_load']:.0f} MB after loading)"]
         for b in memory["build"]:
             lines.append(f"  build {b['docs']:>9,} docs ({b['model']}): {b['peak_rss_mb']:.0f} MB peak "
                          f"({b['before_build_rss_mb']:.0f} MB before the build), {b['docs_per_s']:.0f} docs/s")
