@@ -150,7 +150,9 @@ class Reranker:
 
         The candidates of all the queries are gathered from the store in one call (each docid
         once, however many queries share it), then each query is encoded and scored on its
-        own; every query's ranking equals what :meth:`rerank` returns for it alone.
+        own; every query's ranking equals what :meth:`rerank` returns for it alone. The reps of
+        all the queries' candidates are held at once, so pass a handful of queries per call
+        (:meth:`~mixencoder.RerankingSearcher.batch_search` passes ``queries_per_rerank``).
 
         Args:
             queries: the query texts.
