@@ -234,6 +234,11 @@ class Reranker:
     ) -> CandidateReps:
         """The candidates' reps in ``docids`` order: gathered from the store where present,
         encoded from text otherwise."""
+        if self.store is not None:
+            try:  # the common case, every candidate stored: one docid lookup, not two
+                return self.store.gather(docids)
+            except KeyError:
+                pass  # some are not: find which, and encode those from their text
         missing = docids if self.store is None else self.store.missing(docids)
         if not missing:
             return self.store.gather(docids)
