@@ -37,7 +37,9 @@ class RerankingSearcher:
         depth: first-stage hits reranked per query (the paper reranks 1000).
         queries_per_rerank: in :meth:`batch_search`, queries whose candidates are gathered from
             the store in one :meth:`~mixencoder.Reranker.rerank_many` call (candidates shared
-            by several queries are read once); the rankings do not depend on it.
+            by several queries are read once); the rankings do not depend on it. The default, 1: on
+            Vaswani at depth 1000, 8 was no faster (scoring dominates; the gather is ~3% of a
+            query; ``eval/bench_latency.py``, ``throughput``).
 
     Attributes:
         last_timings: seconds per stage of the last finished :meth:`search` or
@@ -45,7 +47,7 @@ class RerankingSearcher:
             reranker's ``gather``, ``encode_query``, ``score`` and ``fusion``.
     """
 
-    def __init__(self, searcher: Any, reranker: Reranker, depth: int = 1000, *, queries_per_rerank: int = 8):
+    def __init__(self, searcher: Any, reranker: Reranker, depth: int = 1000, *, queries_per_rerank: int = 1):
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         if queries_per_rerank < 1:
