@@ -16,7 +16,12 @@ parameters in ``--dir`` is reused. Measured, and written to ``--json``:
   same requests, i.e. without the wait for a core on a loaded machine; ``loadavg`` is
   recorded). ``cold``: before each request the store is closed, its files are dropped from the
   page cache (``posix_fadvise(DONTNEED)``, no root needed; ``cold_check`` reports how much of
-  the vectors stayed cached) and it is reopened;
+  the vectors stayed cached) and it is reopened. For the warm requests also ``lookup`` (the
+  docid -> row lookup alone, ``store.missing``), the floor ``floor_take``: a plain numpy
+  ``take`` of the same rows (resolved beforehand) from memory maps of the same ``vectors.npy``
+  / ``pooled.npy``, ``floor_take_f32``: the same plus the cast to the float32 that ``gather``
+  returns, and ``ratio_to_floor_take`` / ``ratio_to_floor_take_f32``: gather / floor per
+  request (``_cpu``: of the process CPU times, which a loaded machine disturbs less);
 * ``search_ms``: top-1000 dense search per query (the 54 DL20 queries): exact (``flat``, FAISS
   flat indexes of every shard) and approximate (``ann``, an IVF index); ``ann_recall_at_1000``:
   the overlap of the two top-1000 lists, averaged over queries; ``ann_sweep``: the same for
@@ -296,12 +301,48 @@ def percentiles(ms: list[float]) -> dict[str, float]:
     }
 
 
+def row_maps(path: Path, manifest: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(vectors, pooled)`` of every shard, memory-mapped from the files the store wrote."""
+    return [
+        tuple(np.load(path / e["name"] / f, mmap_mode="r") for f in ("vectors.npy", "pooled.npy"))
+        for e in manifest["shards"]
+    ]
+
+
+def take_rows(
+    maps: list[tuple[np.ndarray, np.ndarray]], rows: np.ndarray, shard_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The floor of a gather: ``take`` of the rows' vectors and pooled vectors, shard by shard
+    (in shard order). The tiled store has one vector per candidate and full shards, so row
+    ``r`` is row ``r % shard_size`` of shard ``r // shard_size`` in both files."""
+    shard, local = np.divmod(rows, shard_size)
+    vectors = np.empty((len(rows), maps[0][0].shape[1]), maps[0][0].dtype)
+    pooled = np.empty((len(rows), maps[0][1].shape[1]), maps[0][1].dtype)
+    start = 0
+    for s in np.unique(shard):
+        chosen = local[shard == s]
+        end = start + len(chosen)
+        np.take(maps[s][0], chosen, axis=0, out=vectors[start:end])
+        np.take(maps[s][1], chosen, axis=0, out=pooled[start:end])
+        start = end
+    return vectors, pooled
+
+
+def _ratios(ms: list[float], floor: list[float]) -> dict[str, float]:
+    """Per-request gather / floor: median and p90 (a ratio of the same request's times)."""
+    r = np.asarray(ms) / np.asarray(floor)
+    return {"p50": round(float(np.percentile(r, 50)), 2), "p90": round(float(np.percentile(r, 90)), 2)}
+
+
 def measure(path: Path, source: Source, args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed + 1)
     files = data_files(path)
 
+    def request_rows() -> np.ndarray:
+        return rng.integers(0, args.rows, size=K)
+
     def request() -> list[str]:
-        return docid_of(source, rng.integers(0, args.rows, size=K))
+        return docid_of(source, request_rows())
 
     # Open: wall time and the resident memory it adds.
     gc.collect()
@@ -315,14 +356,42 @@ def measure(path: Path, source: Source, args: argparse.Namespace) -> dict[str, A
     prefetch(files)
     for _ in range(5):
         store.gather(request())
-    warm, warm_cpu = [], []
-    for _ in range(args.warm_requests):
-        ids = request()
+    maps = row_maps(path, store.manifest)
+    times: dict[str, tuple[list[float], list[float]]] = {
+        name: ([], []) for name in ("gather", "lookup", "floor_take", "cast_f32")
+    }
+
+    def timed(name: str, fn: Any, *a: Any) -> Any:
+        wall, cpu = times[name]
         t, c = time.perf_counter(), time.process_time()
-        reps = store.gather(ids)
-        warm.append(1e3 * (time.perf_counter() - t))
-        warm_cpu.append(1e3 * (time.process_time() - c))
+        out = fn(*a)
+        wall.append(1e3 * (time.perf_counter() - t))
+        cpu.append(1e3 * (time.process_time() - c))
+        return out
+
+    def to_f32(arrays: tuple[np.ndarray, ...]) -> list[torch.Tensor]:
+        return [torch.from_numpy(x).float() for x in arrays]
+
+    for _ in range(args.warm_requests):
+        rows = request_rows()
+        ids = docid_of(source, rows)
+        reps = timed("gather", store.gather, ids)
+        timed("lookup", store.missing, ids)  # the docid -> row lookup alone
+        taken = timed("floor_take", take_rows, maps, rows, args.shard_size)
+        timed("cast_f32", to_f32, taken)
+    # The float32 floor: the take plus the cast of what it took (not a second take of the same
+    # rows, which would find their pages already mapped).
+    (take_wall, take_cpu), (cast_wall, cast_cpu) = times["floor_take"], times["cast_f32"]
+    times["floor_take_f32"] = (
+        [a + b for a, b in zip(take_wall, cast_wall)],
+        [a + b for a, b in zip(take_cpu, cast_cpu)],
+    )
+    warm, warm_cpu = times["gather"]
+    del maps  # mapped pages cannot be dropped from the page cache: unmap before the cold case
     assert reps.vectors.shape == (K, 1, store.dim)
+    # The floor reads the same rows: check it against the gather (same values, grouped order).
+    order = np.argsort(rows // args.shard_size, kind="stable")
+    assert np.array_equal(taken[0].astype(np.float32), reps.vectors[order, 0].numpy())
 
     # Cold gather: close, drop the files from the page cache, reopen, gather.
     cold, check = [], []
@@ -383,6 +452,17 @@ def measure(path: Path, source: Source, args: argparse.Namespace) -> dict[str, A
             # CPU time of this process per warm request: wall time minus waiting for a core,
             # which is what a loaded machine adds (see loadavg).
             "warm_cpu": percentiles(warm_cpu),
+            # The same warm requests: the docid -> row lookup alone (store.missing), and the
+            # floor, a plain numpy take of the same rows (already resolved) from memory maps of
+            # the same files, as stored (fp16) and cast to the float32 gather returns.
+            # The ratios are per request, of wall times and (``_cpu``) of CPU times.
+            **{name: percentiles(times[name][0]) for name in ("lookup", "floor_take", "floor_take_f32")},
+            **{f"{name}_cpu": percentiles(times[name][1]) for name in ("lookup", "floor_take", "floor_take_f32")},
+            **{
+                f"ratio_to_{name}{suffix}": _ratios(times["gather"][i], times[name][i])
+                for name in ("floor_take", "floor_take_f32")
+                for i, suffix in ((0, ""), (1, "_cpu"))
+            },
         },
         "search_ms": {
             "flat": percentiles(flat_ms),

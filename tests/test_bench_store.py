@@ -58,6 +58,9 @@ def test_bench_store_small(shared_data: Path, tmp_path: Path) -> None:
         ms = result["gather_ms"][case]
         assert 0 < ms["p50"] <= ms["p99"], case
     assert result["gather_ms"]["cold_check"]["vectors_cached_fraction_max"] < 0.5
+    # The floor (a numpy take of the same rows; the bench checks it read the same values).
+    for key in ("floor_take", "floor_take_f32", "ratio_to_floor_take", "ratio_to_floor_take_cpu"):
+        assert result["gather_ms"][key]["p50"] > 0, key
     assert set(result["search_ms"]) >= {"flat", "ann"}
     # 2000 rows -> nlist 45 lists; probing 64 >= 45 lists scans everything: exact recall.
     assert result["ann"]["nlist"] == 45

@@ -37,6 +37,20 @@ class RankedDoc(NamedTuple):
     score: float
 
 
+class StageClock:
+    """Seconds per named stage: each :meth:`lap` adds the time since the previous one (or since
+    construction) to its stage. Two ``perf_counter`` reads per stage, cheap next to any stage."""
+
+    def __init__(self, stages: Sequence[str]):
+        self.spent = dict.fromkeys(stages, 0.0)
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.spent[stage] += now - self._last
+        self._last = now
+
+
 class DocSource(Protocol):
     """Anything that returns a document's text by docid, or None when it has none."""
 
@@ -89,6 +103,9 @@ class Reranker:
         self.doc_source = doc_source
         self.batch_size = batch_size
         self.fusion = fusion
+        #: seconds per stage (``gather``, ``encode_query``, ``score``, ``fusion``) of the last
+        #: finished :meth:`rerank` / :meth:`rerank_many` call, summed over its queries.
+        self.last_timings: dict[str, float] = {}
 
     def rerank(
         self,
@@ -115,22 +132,81 @@ class Reranker:
                 a NaN or infinite score, or a ``fusion`` that needs first-stage scores and got none.
             KeyError: candidates that are neither in the store nor have a text, named.
         """
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError(f"empty query: {query!r}; rerank needs query text")
-        docids = [str(d) for d in docids]
-        if not docids:
-            return []
-        if len(set(docids)) != len(docids):
-            seen: set[str] = set()
-            dups = sorted({d for d in docids if d in seen or seen.add(d)})
-            raise ValueError(f"{len(dups)} duplicate docids among the candidates: {dups[:10]}")
-        first = self._first_stage(docids, first_stage_scores)
-        reps = self.candidate_reps(docids, texts)
-        scores = self.model.score(self.model.encode_query(query), reps).tolist()
-        if first is None:
-            return rank_order(docids, scores)
-        fused = self.fusion_in_use.fuse(dict(zip(docids, scores)), first)
-        return rank_order(docids, [fused[d] for d in docids])
+        if not isinstance(texts, (Mapping, type(None))):
+            if len(texts) != len(docids):
+                raise ValueError(f"texts has {len(texts)} entries but there are {len(docids)} docids")
+            texts = dict(zip((str(d) for d in docids), texts))
+        return self.rerank_many([query], [docids], texts, [first_stage_scores])[0]
+
+    def rerank_many(
+        self,
+        queries: Sequence[str],
+        candidates: Sequence[Sequence[str]],
+        texts: Mapping[str, str] | None = None,
+        first_stage_scores: Sequence[Mapping[str, float] | Sequence[float] | None] | None = None,
+        *,
+        timings: dict[str, float] | None = None,
+    ) -> list[list[RankedDoc]]:
+        """:meth:`rerank` for several queries at once: ``candidates[i]`` are query ``i``'s.
+
+        The candidates of all the queries are gathered from the store in one call (each docid
+        once, however many queries share it), then each query is encoded and scored on its
+        own; every query's ranking equals what :meth:`rerank` returns for it alone. The reps of
+        all the queries' candidates are held at once, so pass a handful of queries per call
+        (:meth:`~mixencoder.RerankingSearcher.batch_search` passes ``queries_per_rerank``).
+
+        Args:
+            queries: the query texts.
+            candidates: one docid list per query (no duplicates within a list).
+            texts: optional ``{docid: text}`` for candidates the store lacks.
+            first_stage_scores: one entry per query, as :meth:`rerank`'s ``first_stage_scores``
+                (``None`` for all: the model's scores alone).
+            timings: if given, the seconds spent in each stage (``gather``, ``encode_query``,
+                ``score``, ``fusion``: fusing and sorting) are added to it; the same figures for
+                this call alone are also left in :attr:`last_timings`.
+
+        Raises:
+            ValueError, KeyError: as :meth:`rerank`; also ``candidates`` or
+                ``first_stage_scores`` not aligned with ``queries``.
+        """
+        if len(candidates) != len(queries):
+            raise ValueError(f"{len(queries)} queries but {len(candidates)} candidate lists")
+        scores_per_query = [None] * len(queries) if first_stage_scores is None else list(first_stage_scores)
+        if len(scores_per_query) != len(queries):
+            raise ValueError(f"{len(queries)} queries but {len(scores_per_query)} first_stage_scores entries")
+        for query in queries:
+            if not isinstance(query, str) or not query.strip():
+                raise ValueError(f"empty query: {query!r}; rerank needs query text")
+        lists = [_unique_docids([str(d) for d in docids]) for docids in candidates]
+        firsts = [self._first_stage(d, s) if d else None for d, s in zip(lists, scores_per_query)]
+
+        clock = StageClock(("gather", "encode_query", "score", "fusion"))
+        union = list(dict.fromkeys(d for docids in lists for d in docids))
+        all_reps = self.candidate_reps(union, texts) if union else None
+        position = {d: i for i, d in enumerate(union)}
+        clock.lap("gather")
+        out: list[list[RankedDoc]] = []
+        for query, docids, first in zip(queries, lists, firsts):
+            if not docids:
+                out.append([])
+                continue
+            reps = all_reps if docids == union else _rows(all_reps, [position[d] for d in docids])
+            clock.lap("gather")
+            query_state = self.model.encode_query(query)
+            clock.lap("encode_query")
+            scores = self.model.score(query_state, reps).tolist()
+            clock.lap("score")
+            if first is None:
+                out.append(rank_order(docids, scores))
+            else:
+                fused = self.fusion_in_use.fuse(dict(zip(docids, scores)), first)
+                out.append(rank_order(docids, [fused[d] for d in docids]))
+            clock.lap("fusion")
+        self.last_timings = clock.spent
+        if timings is not None:
+            for stage, seconds in clock.spent.items():
+                timings[stage] = timings.get(stage, 0.0) + seconds
+        return out
 
     @property
     def fusion_in_use(self) -> Fusion:
@@ -159,6 +235,11 @@ class Reranker:
     ) -> CandidateReps:
         """The candidates' reps in ``docids`` order: gathered from the store where present,
         encoded from text otherwise."""
+        if self.store is not None:
+            try:  # the common case, every candidate stored: one docid lookup, not two
+                return self.store.gather(docids)
+            except KeyError:
+                pass  # some are not: find which, and encode those from their text
         missing = docids if self.store is None else self.store.missing(docids)
         if not missing:
             return self.store.gather(docids)
@@ -227,6 +308,24 @@ class Reranker:
             ranked = self.rerank(topics[qid], [d for d, _ in first], texts, first_stage_scores=dict(first))
             out[qid] = {r.docid: r.score for r in ranked}
         return out
+
+
+def _unique_docids(docids: list[str]) -> list[str]:
+    if len(set(docids)) != len(docids):
+        seen: set[str] = set()
+        dups = sorted({d for d in docids if d in seen or seen.add(d)})
+        raise ValueError(f"{len(dups)} duplicate docids among the candidates: {dups[:10]}")
+    return docids
+
+
+def _rows(reps: CandidateReps, index: list[int]) -> CandidateReps:
+    """The reps of ``index``, cut to their own longest candidate: the padding a query's
+    candidates get does not depend on the other queries they were gathered with."""
+    chosen = reps.select(index)
+    m = int(chosen.lengths.max())
+    if m == chosen.vectors.shape[1]:
+        return chosen
+    return CandidateReps(chosen.vectors[:, :m], chosen.lengths, chosen.pooled)
 
 
 def _merge_in_order(
