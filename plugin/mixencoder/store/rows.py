@@ -131,10 +131,11 @@ class StoreRows:
 
     def pooled_of(self, rows: np.ndarray) -> np.ndarray:
         """``(len(rows), pooled_dim)`` float32 pooled vectors of the given global rows."""
-        return self._pooled(len(rows), self._by_shard(rows))
+        return self._pooled(len(rows), self._by_shard(rows)).astype(np.float32, copy=False)
 
     def _pooled(self, n: int, groups: list[tuple[Shard, np.ndarray, np.ndarray]]) -> np.ndarray:
-        out = np.empty((n, self.pooled_dim or 0), dtype=np.float32)
+        """The pooled vectors in the store's dtype (callers cast once)."""
+        out = np.empty((n, self.pooled_dim or 0), dtype=np.dtype(self.dtype))
         for shard, sel, local in groups:
             assert shard.pooled is not None
             out[sel] = shard.pooled.view(np.ndarray)[local]  # np.memmap indexing is slow
@@ -150,7 +151,9 @@ class StoreRows:
             offsets = shard.offsets.view(np.ndarray)
             begins[sel], lengths[sel] = offsets[local], offsets[local + 1] - offsets[local]
         m = int(lengths.max()) if n else 0
-        vectors = np.zeros((n, m, self.dim), dtype=np.float32)
+        # Copy in the store's dtype and cast once with torch: numpy's fancy-index assignment
+        # that also casts float16 to float32 is the slow step (bench_store's floor ratio).
+        vectors = np.zeros((n, m, self.dim), dtype=np.dtype(self.dtype))
         for shard, sel, _ in groups:
             lens = lengths[sel]
             source = shard.vectors.view(np.ndarray)
@@ -163,7 +166,7 @@ class StoreRows:
                 # mmap, so each shard costs one read call whatever the number of candidates.
                 within = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
                 vectors[np.repeat(sel, lens), within] = source[np.repeat(begins[sel], lens) + within]
-        pooled = None if self.pooled_dim is None else torch.from_numpy(self._pooled(n, groups))
+        pooled = None if self.pooled_dim is None else torch.from_numpy(self._pooled(n, groups)).float()
         return CandidateReps(
-            vectors=torch.from_numpy(vectors), lengths=torch.from_numpy(lengths), pooled=pooled
+            vectors=torch.from_numpy(vectors).float(), lengths=torch.from_numpy(lengths), pooled=pooled
         )
