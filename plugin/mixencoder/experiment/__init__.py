@@ -12,13 +12,20 @@
 
 from __future__ import annotations
 
-from .cache import Budget, fingerprint, plan_budget, store_cached, train_cached
-from .results import Results, compare_seeds
-from .runner import run_experiment
-from .systems import Recipe, SystemSpec, system_spec
-from .tasks import Fold, RankingTask, TrainingData
+import importlib
+from typing import Any
 
-__all__ = [
-    "Budget", "Fold", "RankingTask", "Recipe", "Results", "SystemSpec", "TrainingData", "compare_seeds",
-    "fingerprint", "plan_budget", "run_experiment", "store_cached", "system_spec", "train_cached",
-]
+# Names load on first use, so a results-only user (eval/compare_runs.py) does not import torch.
+_EXPORTS = {
+    "Budget": "cache", "fingerprint": "cache", "plan_budget": "cache", "store_cached": "cache",
+    "train_cached": "cache", "Results": "results", "compare_seeds": "results", "run_experiment": "runner",
+    "Recipe": "systems", "SystemSpec": "systems", "system_spec": "systems", "Fold": "tasks",
+    "RankingTask": "tasks", "TrainingData": "tasks",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from ..models.persistence import DEFAULT_BACKBONE_NAME
 from ..models.registry import MODEL_TYPES, build_system, load_model, system_fields
 from ..store import CandidateStore
 from ..training import TrainingConfig, train
+from .results import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -32,17 +32,6 @@ def fingerprint(*parts: Any) -> str:
     for part in parts:
         h.update(json.dumps(part, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
-
-
-def write_json(path: Path, data: Any) -> None:
-    """``data`` as indented JSON at ``path``, through a temp file and a rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

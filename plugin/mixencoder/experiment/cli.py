@@ -25,9 +25,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .cache import Budget
-from .results import Results
-from .systems import (
+# Idle OpenMP threads sleep instead of spinning: on a CPU shared with other jobs, spinning threads
+# made training steps 3-5x slower. Set before the imports below load torch; an explicit
+# OMP_WAIT_POLICY in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .cache import Budget  # noqa: E402
+from .results import Results  # noqa: E402
+from .systems import (  # noqa: E402
     ALL_SYSTEMS, DEFAULT_SYSTEMS, FROZEN_SYSTEMS, REGISTRY_NAMES, Recipe, add_model_args, model_config_from_args,
     system_spec,
 )
@@ -313,10 +318,6 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, a
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other jobs, spinning
-    # threads made training steps 3-5x slower (an explicit OMP_WAIT_POLICY in the environment wins;
-    # it takes effect only if torch is not imported yet).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args, parser = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     start = time.perf_counter()

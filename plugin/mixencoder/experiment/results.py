@@ -24,14 +24,20 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..data import write_run
+from ..data.corpus import atomic_write
 from ..evaluation import evaluate_per_query, paired_difference
 from ..fusion import Fusion, cross_fit_fusion, fit_fusion
-from .cache import write_json
 
 logger = logging.getLogger(__name__)
 
 Run = dict[str, dict[str, float]]
 PerQuery = Mapping[str, float]
+
+
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented JSON at ``path``, written atomically (never seen half-written)."""
+    with atomic_write(path) as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True, default=float))
 
 
 @dataclass
