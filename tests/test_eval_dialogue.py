@@ -187,12 +187,10 @@ def test_train_cache_key_follows_the_resolved_model_config(tmp_path, tiny_backbo
     from mixencoder.training.examples import MatchingExample
 
     examples = [MatchingExample(f"query {i}", f"answer {i}") for i in range(8)]
-    kwargs = dict(
-        cache=tmp_path, name="t", budget=cache.Budget(steps=1), seed=0, batch_size=4,
-        backbone=str(tiny_backbone_dir), system="mixencoder", model_config={"k": 1},
-    )
-    _, first = cache.train_cached(examples, **kwargs)
-    _, again = cache.train_cached(examples, **kwargs)
+    recipe = cache.Recipe(seed=0, batch_size=4, backbone=str(tiny_backbone_dir))
+    kwargs = dict(cache=tmp_path, name="t", system="mixencoder", model_config={"k": 1})
+    _, first = cache.train_cached(examples, recipe, cache.Budget(steps=1), **kwargs)
+    _, again = cache.train_cached(examples, recipe, cache.Budget(steps=1), **kwargs)
     assert again["dir"] == first["dir"]
     # The same overrides under code whose default mixing is "scalar" (the old default).
     from dataclasses import dataclass
@@ -204,6 +202,6 @@ def test_train_cache_key_follows_the_resolved_model_config(tmp_path, tiny_backbo
         mixing: str = "scalar"
 
     monkeypatch.setattr(MixEncoder, "CONFIG_CLASS", OldDefaults)
-    old_default, info = cache.train_cached(examples, **kwargs)
+    old_default, info = cache.train_cached(examples, recipe, cache.Budget(steps=1), **kwargs)
     assert old_default.config.mixing == "scalar"
     assert info["dir"] != first["dir"]

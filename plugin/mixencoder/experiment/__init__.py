@@ -19,7 +19,7 @@ from typing import Any
 _EXPORTS = {
     "Budget": "cache", "fingerprint": "cache", "plan_budget": "cache", "store_cached": "cache",
     "train_cached": "cache", "Results": "results", "compare_seeds": "results", "run_experiment": "runner",
-    "Recipe": "systems", "SystemSpec": "systems", "system_spec": "systems", "Fold": "tasks",
+    "Recipe": "cache", "SystemSpec": "systems", "system_spec": "systems", "Fold": "tasks",
     "RankingTask": "tasks", "TrainingData": "tasks",
 }
 __all__ = sorted(_EXPORTS)

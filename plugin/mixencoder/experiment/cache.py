@@ -67,6 +67,29 @@ def plan_budget(text: str, est_step_seconds: float, parts: int) -> Budget:
     return Budget(seconds=seconds, steps=max(1, int(seconds / est_step_seconds)))
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How every trained system of an experiment is trained (the same for all of them).
+
+    ``budget`` (``600s``, ``10m``, ``500steps``) is the whole experiment's, split over its runs;
+    ``est_step_seconds`` plans a time budget's learning-rate schedule (:func:`plan_budget`);
+    ``hard_negatives`` per query per step; ``backbone`` of fresh models (None: the bundled one).
+    """
+
+    budget: str = "10m"
+    est_step_seconds: float = 3.0
+    batch_size: int = 16
+    learning_rate: float = 2e-5
+    new_parameters_lr_scale: float = 1.0
+    hard_negatives: int = 0
+    distillation_weight: float = 1.0
+    seed: int = 42
+    backbone: str | None = None
+
+    def budget_per_run(self, runs: int) -> Budget:
+        return plan_budget(self.budget, self.est_step_seconds, runs)
+
+
 def fresh_config(system: str, backbone: str | None, model_config: Mapping[str, Any]) -> dict[str, Any]:
     """Every config field of the fresh model :func:`train_cached` would build (its backbone's own
     config aside), resolved without loading weights: what names the trained model in the cache."""
@@ -83,8 +106,14 @@ def fresh_config(system: str, backbone: str | None, model_config: Mapping[str, A
     return {k: v for k, v in config.items() if k != "backbone_config"}
 
 
-def _training_config(budget: Budget, **fields: Any) -> TrainingConfig:
+def _training_config(recipe: Recipe, budget: Budget, hard_negatives: int, **fields: Any) -> TrainingConfig:
+    """The trainer's config of one run of ``recipe`` (``fields``: the task, distillation)."""
     return TrainingConfig(
+        batch_size=recipe.batch_size,
+        hard_negatives_per_query=hard_negatives,
+        learning_rate=recipe.learning_rate,
+        seed=recipe.seed,
+        new_parameters_lr_scale=recipe.new_parameters_lr_scale,
         max_steps=budget.steps,
         max_seconds=budget.seconds,
         epochs=1000 if budget.steps is None else 1,  # a time budget: cycle the data until it ends
@@ -122,35 +151,31 @@ def _reuse(out: Path) -> tuple[Any, dict[str, Any]] | None:
 
 def train_cached(
     examples: Sequence[Any],
+    recipe: Recipe,
+    budget: Budget,
     *,
     cache: Path,
     name: str,
-    budget: Budget,
-    seed: int,
-    batch_size: int,
-    backbone: str | None,
     model_config: Mapping[str, Any],
+    system: str = "mixencoder",
     task: str = "matching",
     hard_negatives: int = 0,
-    learning_rate: float = 2e-5,
-    system: str = "mixencoder",
-    new_parameters_lr_scale: float = 1.0,
     teacher: tuple[Any, str] | None = None,
-    distillation_weight: float = 1.0,
 ) -> tuple[Any, dict[str, Any]]:
     """Train a fresh ``system`` on ``examples`` (or reuse the finished run with the same inputs).
 
     ``system`` is ``"mixencoder"`` (a MixEncoder with ``model_config``) or a registry name
-    (``mixencoder.models.registry.SYSTEMS``; ``model_config`` then overrides its config fields).
-    ``teacher``: ``(model, cache key)`` to distil from with ``distillation_weight`` (VIRT from a
+    (``mixencoder.models.registry.SYSTEMS``; ``model_config`` then overrides its config fields),
+    trained under ``recipe`` for ``budget`` with ``hard_negatives`` per query. ``teacher``:
+    ``(model, cache key)`` to distil from with the recipe's ``distillation_weight`` (VIRT from a
     trained cross-encoder); the key (e.g. the teacher's cache folder) is part of this run's key.
     Returns the trained model and its training info (with ``dir``, the cache folder).
     """
     config = _training_config(
-        budget, task=task, batch_size=batch_size, hard_negatives_per_query=hard_negatives,
-        learning_rate=learning_rate, seed=seed, new_parameters_lr_scale=new_parameters_lr_scale,
-        distillation_weight=distillation_weight if teacher is not None else 0.0,
+        recipe, budget, hard_negatives, task=task,
+        distillation_weight=recipe.distillation_weight if teacher is not None else 0.0,
     )
+    backbone = recipe.backbone
     # The key holds the fresh model's whole resolved config, not just the overrides given
     # here: a changed default in the model code must not reuse a model trained under the old one.
     resolved = fresh_config(system, backbone, model_config)
@@ -172,7 +197,7 @@ def train_cached(
     info = train_info(result, len(examples))
     if teacher is not None:
         info["teacher"] = teacher[1]
-        info["distillation_weight"] = distillation_weight
+        info["distillation_weight"] = recipe.distillation_weight
     write_json(out / "train_info.json", info)
     model = load_model(result.final_dir)
     return model, {**info, "dir": str(out), **_mixing_summary(model)}
@@ -182,15 +207,12 @@ def train_on_store_cached(
     model: Any,
     store: CandidateStore,
     examples: Sequence[Any],
+    recipe: Recipe,
+    budget: Budget,
     *,
     cache: Path,
     name: str,
-    budget: Budget,
-    seed: int,
-    batch_size: int,
     hard_negatives: int,
-    learning_rate: float,
-    new_parameters_lr_scale: float,
     interaction: bool,
     first_stage: Mapping[str, Mapping[str, float]] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
@@ -199,10 +221,7 @@ def train_on_store_cached(
     copied with its own query encoder first, so it and the store stay untouched."""
     from ..training.frozen_store import FIRST_STAGE_WEIGHT, train_on_store
 
-    config = _training_config(
-        budget, batch_size=batch_size, hard_negatives_per_query=hard_negatives, learning_rate=learning_rate,
-        seed=seed, new_parameters_lr_scale=new_parameters_lr_scale,
-    )
+    config = _training_config(recipe, budget, hard_negatives)
     resolved = {k: v for k, v in model.config.to_dict().items() if k != "backbone_config"}
     key = fingerprint(name, [repr(e) for e in examples], config.identity(), resolved, interaction,
                       FIRST_STAGE_WEIGHT if first_stage is not None else None,

@@ -20,17 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..data import (
-    hard_negatives_from_run,
-    kfold_split,
-    qrels_training_pairs,
-    read_corpus,
-    read_qrels,
-    read_run,
-    read_top1000,
-    read_topics,
-    sorted_hits,
-)
+from ..data import hard_negatives_from_run, kfold_split, qrels_training_pairs, read_corpus, read_qrels, read_run
+from ..data import read_top1000, read_topics, sorted_hits
 from ..training import MatchingExample
 from .cache import fingerprint
 from .tasks import Fold, Qrels, RankingTask, Run, TrainingData

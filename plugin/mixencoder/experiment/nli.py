@@ -22,9 +22,8 @@ from ..data.corpus import atomic_write
 from ..data.nli import LABELS, NLIExample
 from ..models.registry import load_model
 from ..training import PairExample
-from .cache import train_cached
+from .cache import Recipe, train_cached
 from .results import Results
-from .systems import Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +83,8 @@ def run_nli(
             if given is None:
                 start = time.perf_counter()
                 model, info = train_cached(
-                    [PairExample(e.premise, e.hypothesis, e.label_id) for e in train], cache=cache,
-                    name=f"mnli-mixencoder-{name}", budget=budget, seed=recipe.seed, batch_size=recipe.batch_size,
-                    backbone=recipe.backbone, model_config=model_config, task="nli",
-                    learning_rate=recipe.learning_rate,
+                    [PairExample(e.premise, e.hypothesis, e.label_id) for e in train], recipe, budget, cache=cache,
+                    name=f"mnli-mixencoder-{name}", model_config=model_config, task="nli",
                 )
                 timings[f"train_{name}_s"] = time.perf_counter() - start
                 train_info[name] = info

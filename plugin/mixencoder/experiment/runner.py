@@ -21,10 +21,10 @@ from ..models.base import CandidateReps
 from ..models.registry import load_model
 from ..rerank import Reranker
 from ..store import CandidateStore
-from .cache import Budget, store_cached, store_size, train_on_store_cached
+from .cache import Budget, Recipe, store_cached, store_size, train_on_store_cached
 from .dialogue import left_truncate_texts
 from .results import Results
-from .systems import FIRST_STAGE, Recipe, SystemSpec, train_spec
+from .systems import FIRST_STAGE, SystemSpec, train_spec
 from .tasks import Fold, RankingTask, Run, TrainingData
 
 logger = logging.getLogger(__name__)
@@ -300,10 +300,8 @@ def _frozen_rows(
             first = {q: task.first_stage[q] for q in fold.train_qids} if spec.name.endswith("-fusionloss") else None
             start = time.perf_counter()
             model, fold_info = train_on_store_cached(
-                fresh, store, examples, cache=cache, name=f"{task.name}-{spec.name}-{fold.name}", budget=budget,
-                seed=recipe.seed, batch_size=recipe.batch_size, hard_negatives=fold.hard_negatives,
-                learning_rate=recipe.learning_rate, new_parameters_lr_scale=recipe.new_parameters_lr_scale,
-                interaction=spec.name != "dual-frozen", first_stage=first,
+                fresh, store, examples, recipe, budget, cache=cache, name=f"{task.name}-{spec.name}-{fold.name}",
+                hard_negatives=fold.hard_negatives, interaction=spec.name != "dual-frozen", first_stage=first,
             )
             timings[f"train_{spec.name}_{fold.name}_s"] = time.perf_counter() - start
             info.setdefault(spec.name, {})[fold.name] = {**data.counts, **fold_info, "examples_in_store": len(examples)}

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ..models.registry import MODEL_TYPES
 from ..models.registry import SYSTEMS as REGISTRY_SYSTEMS
 from ..training import MatchingExample
-from .cache import Budget, train_cached
+from .cache import Budget, Recipe, train_cached
 
 FIRST_STAGE = "bm25"
 ZEROSHOT_SYSTEMS = ("dual-zeroshot", "mixencoder-zeroshot")
@@ -33,26 +33,6 @@ FROZEN_SYSTEMS = ("dual-frozen", "mixencoder-frozen", "mixencoder-frozen-fusionl
 #: What the ranking tasks run by default.
 DEFAULT_SYSTEMS = (FIRST_STAGE, *ZEROSHOT_SYSTEMS, "mixencoder")
 ALL_SYSTEMS = (*DEFAULT_SYSTEMS, *REGISTRY_NAMES, *FROZEN_SYSTEMS)
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How every trained system of an experiment is trained (the same for all of them)."""
-
-    budget: str = "10m"
-    est_step_seconds: float = 3.0
-    batch_size: int = 16
-    learning_rate: float = 2e-5
-    new_parameters_lr_scale: float = 1.0
-    hard_negatives: int = 0
-    distillation_weight: float = 1.0
-    seed: int = 42
-    backbone: str | None = None
-
-    def budget_per_run(self, runs: int) -> Budget:
-        from .cache import plan_budget
-
-        return plan_budget(self.budget, self.est_step_seconds, runs)
 
 
 @dataclass(frozen=True)
@@ -156,12 +136,8 @@ def train_spec(
         model, info = train_spec(teacher_spec, examples, recipe, budget, cache=cache, name_of=name_of,
                                  hard_negatives=hard_negatives)
         teacher = (model, Path(info["dir"]).name)
-    return train_cached(
-        train_on, cache=cache, name=name_of(spec.name), budget=budget, seed=recipe.seed,
-        batch_size=recipe.batch_size, backbone=recipe.backbone, model_config=spec.config, hard_negatives=h,
-        learning_rate=recipe.learning_rate, system=spec.model, new_parameters_lr_scale=recipe.new_parameters_lr_scale,
-        teacher=teacher, distillation_weight=recipe.distillation_weight,
-    )
+    return train_cached(train_on, recipe, budget, cache=cache, name=name_of(spec.name), model_config=spec.config,
+                        system=spec.model, hard_negatives=h, teacher=teacher)
 
 
 # ---------------------------------------------------------------------- shared flags
