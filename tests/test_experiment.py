@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,19 @@ def test_run_experiment_over_a_task_built_in_code(tmp_path, tiny_backbone_dir):
     assert "mixencoder - dual-zeroshot [nDCG@10]" in notes["paired_differences"]
     frame = results.frame(baseline="bm25")
     assert frame.loc["bm25", "RR diff"] == 0.0 and "nDCG@10 se" in frame.columns
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] / "eval" / "configs").glob("*.json")))
+def test_committed_configs_parse_and_later_flags_win(config):
+    args, _ = cli.parse_args(["--config", str(config), "--seed", "7"])
+    flags = json.loads(config.read_text())["flags"]
+    assert args.task == json.loads(config.read_text())["task"] and args.seed == 7
+    assert args.systems == flags["systems"] and args.budget == flags["budget"]
+
+
+def test_a_bad_config_is_named(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"flags": {}}')
+    with pytest.raises(SystemExit) as exc:
+        cli.parse_args(["--config", str(bad)])
+    assert exc.value.code == 2 and f"--config {bad}" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """``mixencoder eval TASK [flags]``: one experiment over one task, Pyserini-style thin: parse the
 flags, build the task adapter, its folds and the systems, one :func:`run_experiment`, write.
 
-Tasks: ``msmarco`` (a judged folder, DL20 by default), ``trec`` (a TREC collection, Vaswani by
+``mixencoder eval --config eval/configs/NAME.json [flags]`` runs a committed experiment (its task
+and flags; flags given after it win). Tasks: ``msmarco`` (a judged folder, DL20 by default), ``trec`` (a TREC collection, Vaswani by
 default), ``ubuntu`` (Ubuntu V2 CSV), ``dstc7`` (DSTC7 track 1 JSON), ``mnli`` (classification).
 Every task shares one set of flags for the data (``--data-dir``, ``--train-dir``, ``--folds K``,
 ``--model``), the training recipe (``--budget`` 600s / 10m / 500steps, split over the folds;
@@ -312,8 +313,38 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     return results
 
 
+def config_argv(path: Path) -> list[str]:
+    """A committed experiment config as flags: ``{"task": TASK, "flags": {name: value}}``; a name
+    is a flag without its dashes (``"budget"``, ``"interaction_layers"``), a list gives several
+    values, ``true`` a bare switch (``false`` leaves it out)."""
+    import json
+
+    try:
+        config = json.loads(Path(path).read_text())
+        task, flags = config["task"], config.get("flags", {})
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--config {path}: expected a JSON object with \"task\" and \"flags\" ({e})") from e
+    argv = [task]
+    for name, value in flags.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is not False and value is not None:
+            argv += [flag, *(map(str, value) if isinstance(value, list) else [str(value)])]
+    return argv
+
+
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
+    """Parse ``TASK [flags]``, or ``--config FILE [flags]`` (the file's flags, then these, which win)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--config"]:
+        if len(argv) < 2:
+            parser.error("--config needs a file")
+        try:
+            argv = [*config_argv(Path(argv[1])), *argv[2:]]
+        except ValueError as e:
+            parser.error(str(e))
     return parser.parse_args(argv), parser
 
 
