@@ -37,6 +37,7 @@ from .systems import (  # noqa: E402
     ALL_SYSTEMS, DEFAULT_SYSTEMS, FROZEN_SYSTEMS, REGISTRY_NAMES, Recipe, add_model_args, model_config_from_args,
     system_spec,
 )
+from .tasks import in_folder  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -176,11 +177,6 @@ def recipe_of(args: argparse.Namespace) -> Recipe:
                   backbone=args.backbone)
 
 
-def _in(folder: Path, name: str) -> Path:
-    """``folder / name``, or ``folder`` itself when it names a file."""
-    return folder if folder.is_file() else folder / name
-
-
 def _ir(args: argparse.Namespace, p: argparse.ArgumentParser) -> Results:
     from . import ir
     from .runner import run_experiment
@@ -238,16 +234,16 @@ def _dialogue(args: argparse.Namespace, p: argparse.ArgumentParser) -> Results:
 
     if args.folds >= 2 and args.train_dir is not None:
         p.error("give either --train-dir or --folds K, not both")
-    train_path = _in(args.train_dir or args.data_dir, args.train_file)
+    train_path = in_folder(args.train_dir or args.data_dir, args.train_file)
     if args.task == "ubuntu":
         if args.hard_negatives and args.folds < 2:
             p.error("--hard-negatives: train.csv pairs carry no negatives (label-0 rows are dropped); "
                     "training uses in-batch negatives")
-        examples = dialogue.ubuntu_eval_examples(_in(args.data_dir, args.eval_file), args.limit_eval)
+        examples = dialogue.ubuntu_eval_examples(in_folder(args.data_dir, args.eval_file), args.limit_eval)
         load = lambda: dialogue.ubuntu_training(train_path, args.limit_train)  # noqa: E731
         measures = dialogue.UBUNTU_MEASURES
     else:
-        examples = dialogue.dstc7_examples(_in(args.data_dir, args.eval_file), args.limit_eval)
+        examples = dialogue.dstc7_examples(in_folder(args.data_dir, args.eval_file), args.limit_eval)
         load = lambda: dialogue.dstc7_training(train_path, args.limit_train, args.hard_negatives)  # noqa: E731
         measures = dialogue.DSTC7_MEASURES
     task = dialogue.response_selection_task(args.task, examples, measures=measures, docid_salt=args.docid_salt)
@@ -271,9 +267,9 @@ def _dialogue(args: argparse.Namespace, p: argparse.ArgumentParser) -> Results:
 def _mnli(args: argparse.Namespace, p: argparse.ArgumentParser) -> Results:
     from . import nli
 
-    pairs = nli.read_pairs(_in(args.data_dir, args.data_file), args.limit_eval)
+    pairs = nli.read_pairs(in_folder(args.data_dir, args.data_file), args.limit_eval)
     if args.train_dir is not None:
-        train = nli.read_pairs(_in(args.train_dir, args.train_file), args.limit_train)
+        train = nli.read_pairs(in_folder(args.train_dir, args.train_file), args.limit_train)
         folds = [("all", train, [e.pair_id for e in pairs])]
         protocol = f"train on {args.train_dir}, evaluate every pair"
     elif args.folds >= 2:

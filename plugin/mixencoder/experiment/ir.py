@@ -24,7 +24,7 @@ from ..data import hard_negatives_from_run, kfold_split, qrels_training_pairs, r
 from ..data import read_top1000, read_topics, sorted_hits
 from ..training import MatchingExample
 from .cache import fingerprint
-from .tasks import Fold, Qrels, RankingTask, Run, TrainingData
+from .tasks import Fold, Qrels, RankingTask, Run, TrainingData, find_file
 
 logger = logging.getLogger(__name__)
 
@@ -35,21 +35,6 @@ MSMARCO_BINARY_MEASURES = ["RR@10", "nDCG@10", "R@1", "R@1000"]
 
 
 # ---------------------------------------------------------------------- data files
-
-
-def find_file(folder: Path, patterns: Sequence[str], what: str, override: str | None = None) -> Path | None:
-    """``override`` (relative to ``folder`` unless it exists as given), else the first file of
-    ``folder`` matching ``patterns`` (training files, ``*train*``, excluded)."""
-    if override:
-        path = Path(override)
-        return path if path.is_absolute() or path.exists() else folder / path
-    found = sorted(
-        {p for pat in patterns for p in folder.glob(pat) if p.is_file() and "train" not in p.name.lower()}
-    )
-    if len(found) > 1:
-        logger.info("several %s files in %s: %s; using %s (override with --%s)", what, folder,
-                    [p.name for p in found], found[0].name, what)
-    return found[0] if found else None
 
 
 def find_run_file(folder: Path, override: str | None = None) -> Path | None:
@@ -212,21 +197,6 @@ def load_judged_folder(
     )
 
 
-def _resolve(folder: Path, name: str, patterns: list[str], what: str) -> Path:
-    """``folder / name`` if it exists, else the single file of ``folder`` matching ``patterns``."""
-    path = Path(name)
-    if path.is_absolute() or path.exists():
-        return path
-    if (folder / name).exists():
-        return folder / name
-    found = sorted({p for pat in patterns for p in folder.glob(pat) if p.is_file()})
-    if len(found) != 1:
-        raise ValueError(
-            f"{folder}: no {name}; {len(found)} candidate {what} files {[p.name for p in found]}; pass --{what}"
-        )
-    return found[0]
-
-
 def load_trec_collection(
     folder: Path,
     *,
@@ -244,9 +214,9 @@ def load_trec_collection(
     """A TREC test collection (corpus, topics, qrels; e.g. Vaswani) as a task: BM25 over a
     Pyserini index of the whole corpus (cached) gives each judged query its top ``depth``.
     Measures (binary qrels): ``nDCG@10``, ``RR@10``, ``AP`` and ``R@<depth>``."""
-    corpus_path = _resolve(folder, corpus, ["doc*", "*corpus*", "*collection*"], "corpus")
-    topics_path = _resolve(folder, topics, ["*quer*", "*topic*"], "topics")
-    qrels_path = _resolve(folder, qrels_file, ["qrels*", "*qrels*"], "qrels")
+    corpus_path = find_file(folder, ["doc*", "*corpus*", "*collection*"], "corpus", corpus, fallback=True)
+    topics_path = find_file(folder, ["*quer*", "*topic*"], "topics", topics, fallback=True)
+    qrels_path = find_file(folder, ["qrels*", "*qrels*"], "qrels", qrels_file, fallback=True)
     queries = read_topics(topics_path, field=topic_field)
     qrels = read_qrels(qrels_path)
     judged = [q for q, docs in qrels.items() if docs and q in queries]

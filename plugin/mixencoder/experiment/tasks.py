@@ -9,10 +9,14 @@ Task adapters build these: :mod:`.ir` (judged queries: MS MARCO / TREC DL, TREC 
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..training import MatchingExample
+
+logger = logging.getLogger(__name__)
 
 Run = dict[str, dict[str, float]]
 Qrels = dict[str, dict[str, int]]
@@ -90,3 +94,40 @@ class RankingTask:
         if self.first_stage is None:
             raise ValueError(f"task {self.name} has no first-stage run")
         return self.first_stage, dict(self.first_stage_extra)
+
+
+# ---------------------------------------------------------------------- data files
+
+
+def in_folder(folder: Path, name: str) -> Path:
+    """``folder / name``, or ``folder`` itself when it names a file."""
+    return folder if folder.is_file() else folder / name
+
+
+def find_file(
+    folder: Path, patterns: Sequence[str], what: str, name: str | None = None, *, fallback: bool = False
+) -> Path | None:
+    """A data file of ``folder``.
+
+    ``name`` (as given if it exists, else in ``folder``) wins; with ``fallback`` it is only a
+    default, and when ``folder`` has no such file the single file matching ``patterns`` is taken
+    (several or none: an error naming them). Without a ``name``, the first file matching
+    ``patterns`` (training files, ``*train*``, excluded), or None.
+    """
+    if name:
+        path = Path(name)
+        if path.is_absolute() or path.exists():
+            return path
+        if not fallback or (folder / name).exists():
+            return folder / name
+        found = sorted({p for pat in patterns for p in folder.glob(pat) if p.is_file()})
+        if len(found) != 1:
+            raise ValueError(
+                f"{folder}: no {name}; {len(found)} candidate {what} files {[p.name for p in found]}; pass --{what}"
+            )
+        return found[0]
+    found = sorted({p for pat in patterns for p in folder.glob(pat) if p.is_file() and "train" not in p.name.lower()})
+    if len(found) > 1:
+        logger.info("several %s files in %s: %s; using %s (override with --%s)", what, folder,
+                    [p.name for p in found], found[0].name, what)
+    return found[0] if found else None
