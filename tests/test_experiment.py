@@ -111,3 +111,21 @@ def test_a_bad_config_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.parse_args(["--config", str(bad)])
     assert exc.value.code == 2 and f"--config {bad}" in capsys.readouterr().err
+
+
+def test_find_file_rules(tmp_path):
+    from mixencoder.experiment.tasks import find_file
+
+    (tmp_path / "queries.dev.tsv").write_text("")
+    (tmp_path / "queries.train.tsv").write_text("")
+    (tmp_path / "qrels.a").write_text("")
+    (tmp_path / "qrels.b").write_text("")
+    # no name: the first match, training files left out
+    assert find_file(tmp_path, ["queries*.tsv"], "queries") == tmp_path / "queries.dev.tsv"
+    assert find_file(tmp_path, ["runs*"], "run") is None
+    # a name wins, even a missing one (its reader then names it)
+    assert find_file(tmp_path, ["qrels*"], "qrels", "mine.txt") == tmp_path / "mine.txt"
+    # a default name falls back to the single match, and names the candidates when there are several
+    assert find_file(tmp_path, ["queries.dev*"], "topics", "topics.trec", fallback=True) == tmp_path / "queries.dev.tsv"
+    with pytest.raises(ValueError, match=r"no qrels.txt; 2 candidate qrels files \['qrels.a', 'qrels.b'\]"):
+        find_file(tmp_path, ["qrels*"], "qrels", "qrels.txt", fallback=True)
