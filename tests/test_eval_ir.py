@@ -221,3 +221,12 @@ def test_run_msmarco_trains_on_another_judged_folder(shared_data: Path, tiny_bac
     assert {e.query_id for e in expected.examples} <= set(train_qids)  # none of the evaluated queries
     lines = [line for line in (out / "runs" / "mixencoder.trec").read_text().splitlines() if line]
     assert sorted({line.split()[0] for line in lines}) == sorted(evaluated) and len(lines) == 3 * 10
+
+
+def test_a_train_dir_that_is_neither_triples_nor_judged_is_named(shared_data: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "notes.txt").write_text("nothing to train on")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["msmarco", "--data-dir", str(shared_data / "msmarco" / "dl20"), "--limit-queries", "2",
+                  "--depth", "5", "--train-dir", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert f"--train-dir {tmp_path}: neither MS MARCO triples" in capsys.readouterr().err
