@@ -129,3 +129,23 @@ def test_find_file_rules(tmp_path):
     assert find_file(tmp_path, ["queries.dev*"], "topics", "topics.trec", fallback=True) == tmp_path / "queries.dev.tsv"
     with pytest.raises(ValueError, match=r"no qrels.txt; 2 candidate qrels files \['qrels.a', 'qrels.b'\]"):
         find_file(tmp_path, ["qrels*"], "qrels", "qrels.txt", fallback=True)
+
+
+def test_the_same_seed_trains_the_same_model_whatever_the_global_rng(tmp_path, tiny_backbone_dir):
+    """New layers (the interaction's gate) initialise from torch's global RNG, which torch seeds
+    randomly per process: train_cached draws them from the recipe's seed instead."""
+    import torch
+
+    from mixencoder.experiment.cache import Budget, train_cached
+    from mixencoder.training import MatchingExample
+
+    examples = [MatchingExample(f"query {i}", f"answer {i}") for i in range(4)]
+    recipe = Recipe(seed=3, batch_size=2, backbone=str(tiny_backbone_dir))
+    weights = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        model, _ = train_cached(examples, recipe, Budget(steps=1), cache=tmp_path / f"c{global_seed}", name="t",
+                                model_config={"k": 1})
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -122,6 +122,20 @@ def _training_config(recipe: Recipe, budget: Budget, hard_negatives: int, **fiel
     )
 
 
+def build_fresh(system: str, backbone: str | None, model_config: Mapping[str, Any], seed: int) -> Any:
+    """A fresh ``system`` (``"mixencoder"`` or a registry name) whose new parameters are drawn from
+    ``seed``: layers such as the interaction's gate, ColBERT's projection or a classifier head
+    initialise from torch's global RNG, which torch seeds randomly in every process, so without
+    this the same seed would not train the same model. The global RNG is left as it was."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if system == "mixencoder":
+            return MODEL_TYPES["mixencoder"].from_pretrained(backbone, **model_config)
+        return build_system(system, backbone, **model_config)
+
+
 def train_info(result: Any, examples: int) -> dict[str, Any]:
     """What a training run's ``train_info.json`` records."""
     recent = result.losses[-20:]
@@ -187,10 +201,7 @@ def train_cached(
     done = _reuse(out)
     if done is not None:
         return done[0], {**done[1], **_mixing_summary(done[0])}
-    if system == "mixencoder":
-        model = MODEL_TYPES["mixencoder"].from_pretrained(backbone, **model_config)
-    else:
-        model = build_system(system, backbone, **model_config)
+    model = build_fresh(system, backbone, model_config, recipe.seed)
     result = train(
         model, list(examples), config, output_dir=out, resume=True, teacher=None if teacher is None else teacher[0]
     )

@@ -21,7 +21,7 @@ from ..models.base import CandidateReps
 from ..models.registry import load_model
 from ..rerank import Reranker
 from ..store import CandidateStore
-from .cache import Budget, Recipe, store_cached, store_size, train_on_store_cached
+from .cache import Budget, Recipe, build_fresh, store_cached, store_size, train_on_store_cached
 from .dialogue import left_truncate_texts
 from .results import Results
 from .systems import FIRST_STAGE, SystemSpec, train_spec
@@ -158,7 +158,7 @@ def run_experiment(
     def fresh_model() -> MixEncoder:
         nonlocal fresh
         if fresh is None:
-            fresh = MixEncoder.from_pretrained(recipe.backbone, **model_config)
+            fresh = build_fresh("mixencoder", recipe.backbone, model_config, recipe.seed)
         return fresh
 
     def rerank(scorer: Any, fold_qids: Sequence[str], store_name: str, *, builder: Any = None,
