@@ -38,16 +38,11 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import Results, fingerprint, setup_logging, store_cached  # noqa: E402
-
-from mixencoder import MixEncoder, Reranker  # noqa: E402
-from mixencoder.data import kfold_split, read_corpus, read_qrels, read_topics  # noqa: E402
-from mixencoder.fusion import cross_fit_fusion  # noqa: E402
-from mixencoder.first_stage import BM25Searcher, DenseSearcher, HybridSearcher, build_bm25_index  # noqa: E402
+from mixencoder import MixEncoder, Reranker
+from mixencoder.data import kfold_split, read_corpus, read_qrels, read_topics
+from mixencoder.experiment import Results, fingerprint, store_cached
+from mixencoder.first_stage import BM25Searcher, DenseSearcher, HybridSearcher, build_bm25_index
 
 logger = logging.getLogger("eval.retrieval")
 STAGES = ("bm25", "dense", "hybrid")
@@ -72,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     args = parse_args(argv)
-    setup_logging()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     wall = time.perf_counter()
     corpus = args.data_dir / args.corpus
     docs = {d.docid: d.text for d in read_corpus(corpus)}

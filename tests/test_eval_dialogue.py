@@ -1,24 +1,24 @@
-"""Smoke tests of eval/run_ubuntu.py, eval/run_dstc7.py and eval/run_mnli.py: each script's
-``main([...])`` runs in-process on a tiny slice of the real data with the tiny random BERT and a
-2-step budget, and writes the outputs of the eval contract."""
+"""Smoke tests of the dialogue and NLI experiments (``mixencoder eval ubuntu|dstc7|mnli``, what
+eval/run_ubuntu.py, eval/run_dstc7.py and eval/run_mnli.py run): each runs in-process on a tiny
+slice of the real data with the tiny random BERT and a 2-step budget, and writes the outputs of
+the eval contract."""
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-EVAL_DIR = Path(__file__).resolve().parents[1] / "eval"
-sys.path.insert(0, str(EVAL_DIR))
+from mixencoder.experiment import cache, cli, dialogue
+from mixencoder.experiment.systems import DEFAULT_SYSTEMS, with_sampled_negatives
+from mixencoder.models import MixEncoder
 
-import common  # noqa: E402
-import run_dstc7  # noqa: E402
-import run_mnli  # noqa: E402
-import run_ubuntu  # noqa: E402
+
+def run_eval(task: str, argv: list[str]) -> int:
+    return cli.main([task, *argv])
 
 
 def tiny_args(tmp_path: Path, backbone: Path) -> list[str]:
@@ -35,8 +35,8 @@ def tiny_args(tmp_path: Path, backbone: Path) -> list[str]:
 
 def check_ranking_outputs(out: Path, measures: list[str], n_queries: int) -> dict:
     metrics = json.loads((out / "metrics.json").read_text())
-    fused = {f"{s}+{f}" for s in run_ubuntu.SYSTEMS if s != "bm25" for f in ("bm25", "rrf")}
-    assert set(metrics) == set(run_ubuntu.SYSTEMS) | fused  # fused rows beside each system
+    fused = {f"{s}+{f}" for s in DEFAULT_SYSTEMS if s != "bm25" for f in ("bm25", "rrf")}
+    assert set(metrics) == set(DEFAULT_SYSTEMS) | fused  # fused rows beside each system
     for system, values in metrics.items():
         for m in measures:
             assert 0.0 <= values[m] <= 1.0, (system, m)
@@ -62,11 +62,11 @@ def test_run_ubuntu_smoke(tmp_path, shared_data, tiny_backbone_dir, capsys):
         "--limit-train", "120",
         "--limit-eval", "6",
     ]
-    assert run_ubuntu.main(argv) == 0
-    metrics = check_ranking_outputs(tmp_path / "out", list(run_ubuntu.UBUNTU_MEASURES), 6)
+    assert run_eval("ubuntu", argv) == 0
+    metrics = check_ranking_outputs(tmp_path / "out", list(dialogue.UBUNTU_MEASURES), 6)
     assert "mixencoder - dual-zeroshot [R@1]" in capsys.readouterr().out
     # A second run reuses the cached checkpoint and stores and reproduces every figure.
-    assert run_ubuntu.main(argv + ["--systems", "mixencoder", "--ablate-interaction"]) == 0
+    assert run_eval("ubuntu", argv + ["--systems", "mixencoder", "--ablate-interaction"]) == 0
     again = json.loads((tmp_path / "out" / "metrics.json").read_text())
     # The ablation row: the same trained weights scored with the interaction switched off.
     assert set(again) == {"mixencoder", "mixencoder-pooled"}
@@ -84,7 +84,7 @@ def test_run_ubuntu_folds_smoke(tmp_path, shared_data, tiny_backbone_dir):
         "--folds", "2",
         "--systems", "bm25", "mixencoder",
     ]
-    assert run_ubuntu.main(argv) == 0
+    assert run_eval("ubuntu", argv) == 0
     out = tmp_path / "out"
     notes = json.loads((out / "notes.json").read_text())
     assert set(notes["training"]) == {"fold0", "fold1"}
@@ -100,8 +100,8 @@ def test_run_dstc7_smoke(tmp_path, shared_data, tiny_backbone_dir):
         "--limit-train", "40",
         "--limit-eval", "3",
     ]
-    assert run_dstc7.main(argv) == 0
-    check_ranking_outputs(tmp_path / "out", list(run_dstc7.DSTC7_MEASURES), 3)
+    assert run_eval("dstc7", argv) == 0
+    check_ranking_outputs(tmp_path / "out", list(dialogue.DSTC7_MEASURES), 3)
     run = (tmp_path / "out" / "runs" / "bm25.trec").read_text().splitlines()
     assert len(run) == 300  # every one of the 100 candidates of each example is ranked
 
@@ -112,7 +112,7 @@ def test_run_mnli_smoke(tmp_path, shared_data, tiny_backbone_dir):
         "--limit-eval", "30",
         "--folds", "2",
     ]
-    assert run_mnli.main(argv) == 0
+    assert run_eval("mnli", argv) == 0
     out = tmp_path / "out"
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"majority-class", "mixencoder"}
@@ -128,9 +128,9 @@ def test_run_mnli_smoke(tmp_path, shared_data, tiny_backbone_dir):
 
 
 def test_bm25_matches_hand_computation():
-    bm25 = run_ubuntu.BM25(["a b", "a c c", "d"], k1=0.9, b=0.4)
+    bm25 = dialogue.BM25(["a b", "a c c", "d"], k1=0.9, b=0.4)
     assert bm25.n == 3 and bm25.avgdl == 2.0
-    doc = run_ubuntu.bm25_tokens("C c A")  # lowercased: ["c", "c", "a"], length 3
+    doc = dialogue.bm25_tokens("C c A")  # lowercased: ["c", "c", "a"], length 3
     norm = 0.9 * (1 - 0.4 + 0.4 * 3 / 2.0)
     idf_c = math.log(1 + (3 - 1 + 0.5) / (1 + 0.5))
     idf_a = math.log(1 + (3 - 2 + 0.5) / (2 + 0.5))
@@ -140,7 +140,7 @@ def test_bm25_matches_hand_computation():
 
 def test_left_truncation_keeps_the_latest_tokens(minilm):
     text = " ".join(["hello"] * 300 + ["goodbye"])
-    cut = run_ubuntu.left_truncate_texts(minilm.tokenizer, [text, "short context"], 20)
+    cut = dialogue.left_truncate_texts(minilm.tokenizer, [text, "short context"], 20)
     assert cut == [" ".join(["hello"] * 19 + ["goodbye"]), "short context"]
 
 
@@ -154,7 +154,7 @@ def test_run_ubuntu_trains_baselines_like_mixencoder(tmp_path, shared_data, tiny
         "--folds", "2",
         "--systems", *systems,
     ]
-    assert run_ubuntu.main(argv) == 0
+    assert run_eval("ubuntu", argv) == 0
     out = tmp_path / "out"
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == set(systems)
@@ -176,7 +176,7 @@ def test_sampled_negatives_never_pick_the_example_itself():
     from mixencoder.training import MatchingExample
 
     examples = [MatchingExample(f"q{i}", f"p{i}") for i in range(5)]
-    out = common.with_sampled_negatives(examples, seed=0)
+    out = with_sampled_negatives(examples, seed=0)
     assert [e.positive for e in out] == [e.positive for e in examples]
     assert all(len(e.negatives) == 1 and e.negatives[0] != e.positive for e in out)
 
@@ -187,12 +187,10 @@ def test_train_cache_key_follows_the_resolved_model_config(tmp_path, tiny_backbo
     from mixencoder.training.examples import MatchingExample
 
     examples = [MatchingExample(f"query {i}", f"answer {i}") for i in range(8)]
-    kwargs = dict(
-        cache=tmp_path, name="t", budget=common.Budget(steps=1), seed=0, batch_size=4,
-        backbone=str(tiny_backbone_dir), system="mixencoder", model_config={"k": 1},
-    )
-    _, first = common.train_cached(examples, **kwargs)
-    _, again = common.train_cached(examples, **kwargs)
+    recipe = cache.Recipe(seed=0, batch_size=4, backbone=str(tiny_backbone_dir))
+    kwargs = dict(cache=tmp_path, name="t", system="mixencoder", model_config={"k": 1})
+    _, first = cache.train_cached(examples, recipe, cache.Budget(steps=1), **kwargs)
+    _, again = cache.train_cached(examples, recipe, cache.Budget(steps=1), **kwargs)
     assert again["dir"] == first["dir"]
     # The same overrides under code whose default mixing is "scalar" (the old default).
     from dataclasses import dataclass
@@ -203,7 +201,7 @@ def test_train_cache_key_follows_the_resolved_model_config(tmp_path, tiny_backbo
     class OldDefaults(MixEncoderConfig):
         mixing: str = "scalar"
 
-    monkeypatch.setattr(common.MixEncoder, "CONFIG_CLASS", OldDefaults)
-    old_default, info = common.train_cached(examples, **kwargs)
+    monkeypatch.setattr(MixEncoder, "CONFIG_CLASS", OldDefaults)
+    old_default, info = cache.train_cached(examples, recipe, cache.Budget(steps=1), **kwargs)
     assert old_default.config.mixing == "scalar"
     assert info["dir"] != first["dir"]

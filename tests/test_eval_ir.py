@@ -1,18 +1,20 @@
-"""Smoke tests of the IR evaluation scripts (eval/run_msmarco.py, eval/run_trec.py): each runs
+"""Smoke tests of the IR experiments (``mixencoder eval msmarco`` / ``trec``, what eval/run_msmarco.py
+and eval/run_trec.py run): each runs
 in-process on a tiny slice of the real data with the tiny random BERT and a few training steps,
 and must write the contract's outputs."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-EVAL = Path(__file__).resolve().parents[1] / "eval"
-if str(EVAL) not in sys.path:
-    sys.path.insert(0, str(EVAL))
+from mixencoder.experiment import cli
+
+
+def run_eval(task: str, argv: list[str]) -> None:
+    assert cli.main([task, *argv]) == 0
 
 # The tiny BERT has 128 positions.
 TINY = ["--query-max-length", "24", "--candidate-max-length", "64"]
@@ -50,7 +52,6 @@ def _same_per_query(out: Path, a: str, b: str) -> None:
 
 
 def test_run_msmarco_cv_smoke(shared_data: Path, tiny_backbone_dir: Path, tmp_path: Path, capsys) -> None:
-    import run_msmarco
 
     out = tmp_path / "out"
     args = [
@@ -58,7 +59,7 @@ def test_run_msmarco_cv_smoke(shared_data: Path, tiny_backbone_dir: Path, tmp_pa
         "--folds", "2", "--budget", "3steps", "--backbone", str(tiny_backbone_dir), *TINY,
         "--out", str(out), "--cache", str(tmp_path / "cache"),
     ]
-    run_msmarco.main(args)
+    run_eval("msmarco", args)
     measures = ["RR(rel=2)@10", "nDCG@10", "R(rel=2)@1", "R(rel=2)@1000"]
     metrics = _check_outputs(out, measures)
     printed = capsys.readouterr().out
@@ -77,14 +78,13 @@ def test_run_msmarco_cv_smoke(shared_data: Path, tiny_backbone_dir: Path, tmp_pa
     assert all(info["train_queries"] == 6 - len(test) for info, test in zip(notes["training"].values(), folds))
 
     # A second run reuses the trained models and stores and gives the same numbers.
-    run_msmarco.main(args + ["--systems", "mixencoder"])
+    run_eval("msmarco", args + ["--systems", "mixencoder"])
     again = json.loads((out / "metrics.json").read_text())
     assert again["mixencoder"]["nDCG@10"] == pytest.approx(metrics["mixencoder"]["nDCG@10"])
 
 
 def test_run_msmarco_train_dir_and_bm25_index(shared_data: Path, tiny_backbone_dir: Path, tmp_path: Path) -> None:
     """Without a run file a BM25 index is built over collection.tsv; --train-dir reads triples."""
-    import run_msmarco
     from mixencoder.data import read_qrels, read_run, read_topics
 
     dl20 = shared_data / "msmarco" / "dl20"
@@ -113,7 +113,7 @@ def test_run_msmarco_train_dir_and_bm25_index(shared_data: Path, tiny_backbone_d
     (train / "triples.train.small.tsv").write_text("".join(triples), encoding="utf-8")
 
     out = tmp_path / "out"
-    run_msmarco.main([
+    run_eval("msmarco", [
         "--data-dir", str(data), "--train-dir", str(train), "--depth", "10", "--budget", "2steps",
         "--batch-size", "4", "--backbone", str(tiny_backbone_dir), *TINY, "--out", str(out),
         "--cache", str(tmp_path / "cache"),
@@ -128,10 +128,9 @@ def test_run_msmarco_train_dir_and_bm25_index(shared_data: Path, tiny_backbone_d
 
 
 def test_run_trec_cv_smoke(shared_data: Path, tiny_backbone_dir: Path, tmp_path: Path) -> None:
-    import run_trec
 
     out = tmp_path / "out"
-    run_trec.main([
+    run_eval("trec", [
         "--data-dir", str(shared_data / "vaswani"), "--limit-queries", "6", "--depth", "20", "--folds", "2",
         "--budget", "3steps", "--backbone", str(tiny_backbone_dir), *TINY, "--out", str(out),
         "--cache", str(tmp_path / "cache"),
@@ -147,11 +146,10 @@ def test_run_trec_cv_smoke(shared_data: Path, tiny_backbone_dir: Path, tmp_path:
 
 def test_run_msmarco_trains_baselines(shared_data: Path, tiny_backbone_dir: Path, tmp_path: Path) -> None:
     """The paper's baselines train on the same folds and rerank through the same stage."""
-    import run_msmarco
 
     out = tmp_path / "out"
     systems = ["dual", "cross", "poly-64"]
-    run_msmarco.main([
+    run_eval("msmarco", [
         "--data-dir", str(shared_data / "msmarco" / "dl20"), "--limit-queries", "4", "--depth", "10",
         "--folds", "2", "--budget", "2steps", "--backbone", str(tiny_backbone_dir), *TINY,
         "--out", str(out), "--cache", str(tmp_path / "cache"), "--systems", "bm25", *systems,
@@ -167,11 +165,10 @@ def test_run_msmarco_trains_baselines(shared_data: Path, tiny_backbone_dir: Path
 
 
 def test_run_msmarco_frozen_store_systems(shared_data, tiny_backbone_dir, tmp_path):
-    import run_msmarco
 
     out = tmp_path / "out"
     systems = ["dual-frozen", "mixencoder-frozen", "mixencoder-frozen-fusionloss"]
-    run_msmarco.main([
+    run_eval("msmarco", [
         "--data-dir", str(shared_data / "msmarco" / "dl20"), "--limit-queries", "4", "--depth", "10",
         "--folds", "2", "--budget", "2steps", "--backbone", str(tiny_backbone_dir), *TINY,
         "--out", str(out), "--cache", str(tmp_path / "cache"), "--systems", "bm25", *systems,
@@ -185,3 +182,51 @@ def test_run_msmarco_frozen_store_systems(shared_data, tiny_backbone_dir, tmp_pa
         assert all(info["steps"] == 1 for info in notes["training"][system].values())
         lines = [line for line in (out / "runs" / f"{system}.trec").read_text().split("\n") if line]
         assert len(lines) == 4 * 10
+
+
+def test_run_msmarco_trains_on_another_judged_folder(shared_data: Path, tiny_backbone_dir: Path, tmp_path: Path) -> None:
+    """--train-dir may be a judged folder (queries, qrels, run, passages) like the evaluation data:
+    the model trains on its judged positives with hard negatives from its run, as the folds do."""
+    from mixencoder.data import read_qrels, read_run, read_topics
+    from mixencoder.experiment import ir
+
+    dl20 = shared_data / "msmarco" / "dl20"
+    queries, qrels, run = read_topics(dl20 / "queries.tsv"), read_qrels(dl20 / "qrels.txt"), read_run(dl20 / "bm25.top100.trec")
+    evaluated = ir.select_queries(queries, qrels, run, 3)
+    train_qids = [q for q in ir.select_queries(queries, qrels, run, None) if q not in evaluated][:3]
+    train = tmp_path / "judged-train"
+    train.mkdir()
+    keep = {d for q in train_qids for d in list(run[q])[:10]} | {d for q in train_qids for d in qrels[q]}
+    (train / "collection.tsv").write_text("".join(
+        line + "\n" for line in (dl20 / "collection.tsv").read_text(encoding="utf-8").splitlines()
+        if line.split("\t", 1)[0] in keep), encoding="utf-8")
+    (train / "queries.tsv").write_text("".join(f"{q}\t{queries[q]}\n" for q in train_qids), encoding="utf-8")
+    (train / "qrels.txt").write_text("".join(f"{q} 0 {d} {g}\n" for q in train_qids for d, g in qrels[q].items()),
+                                     encoding="utf-8")
+    (train / "bm25.trec").write_text("".join(
+        f"{q} Q0 {d} {i + 1} {s} bm25\n" for q in train_qids for i, (d, s) in enumerate(list(run[q].items())[:10])),
+        encoding="utf-8")
+
+    out = tmp_path / "out"
+    run_eval("msmarco", [
+        "--data-dir", str(dl20), "--limit-queries", "3", "--train-dir", str(train), "--depth", "10",
+        "--budget", "2steps", "--batch-size", "4", "--backbone", str(tiny_backbone_dir), *TINY,
+        "--out", str(out), "--cache", str(tmp_path / "cache"), "--systems", "bm25", "mixencoder",
+    ])
+    notes = json.loads((out / "notes.json").read_text())
+    info = notes["training"]["train-dir"]
+    expected = ir.judged_training(train, depth=10, negatives="judged", max_negatives=30, cache=tmp_path / "cache")
+    assert info["train_queries"] == 3 and info["examples"] == len(expected.examples) > 0
+    assert info["steps"] == 2 and info["mean_negatives_per_query"] > 0  # hard negatives from its run
+    assert {e.query_id for e in expected.examples} <= set(train_qids)  # none of the evaluated queries
+    lines = [line for line in (out / "runs" / "mixencoder.trec").read_text().splitlines() if line]
+    assert sorted({line.split()[0] for line in lines}) == sorted(evaluated) and len(lines) == 3 * 10
+
+
+def test_a_train_dir_that_is_neither_triples_nor_judged_is_named(shared_data: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "notes.txt").write_text("nothing to train on")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["msmarco", "--data-dir", str(shared_data / "msmarco" / "dl20"), "--limit-queries", "2",
+                  "--depth", "5", "--train-dir", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert f"--train-dir {tmp_path}: neither MS MARCO triples" in capsys.readouterr().err

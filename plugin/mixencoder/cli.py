@@ -22,7 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "store": ("mixencoder.store.cli", "candidate stores: `store build`, `store verify`, `store compare`"),
     "train": ("mixencoder.training.cli", "train a MixEncoder or a baseline from a data file"),
     "rerank": ("mixencoder.rerank", "rerank a TREC or MS MARCO run file (also python -m mixencoder.rerank)"),
-    # "eval": ("mixencoder.experiment.cli", "..."): registered here once mixencoder.experiment exists.
+    "eval": ("mixencoder.experiment.cli", "run an experiment: a task (msmarco, trec, ubuntu, dstc7, mnli) or --config FILE"),
     "serve": ("mixencoder.service", "HTTP rerank service (TEI, Cohere and Jina request shapes; store endpoint)"),
 }
 
