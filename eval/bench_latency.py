@@ -56,13 +56,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import fingerprint, store_cached  # noqa: E402
-
-from mixencoder import CandidateStore, MixEncoder, Reranker, RerankingSearcher  # noqa: E402
-from mixencoder.data import read_corpus, read_topics  # noqa: E402
-from mixencoder.first_stage import BM25Searcher, build_bm25_index  # noqa: E402
+from mixencoder import CandidateStore, MixEncoder, Reranker, RerankingSearcher
+from mixencoder.data import read_corpus, read_topics
+from mixencoder.experiment.cache import fingerprint, store_cached
+from mixencoder.first_stage import BM25Searcher, build_bm25_index
 
 logger = logging.getLogger("bench_latency")
 
@@ -215,7 +212,7 @@ class TiledStoreModel:
 
 def child_serve(args: argparse.Namespace) -> dict[str, Any]:
     """Rerank ``--serve-queries`` queries of ``--depth`` random candidates from the 1M store."""
-    import bench_store
+    import bench_store  # eval/ is sys.path[0] when this script runs
 
     from mixencoder.fusion import Fusion
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,7 @@ import pytest
 from mixencoder.store import CandidateStore
 from mixencoder.store.verify import verify_store
 
-sys.path.insert(0, str(Path(__file__).parent))
-from reliability_support import HashScorer, make_docs  # noqa: E402
+from reliability_support import HashScorer, make_docs
 
 FIXTURES = Path(__file__).parent / "fixtures" / "stores"
 #: Fields that measure the run that wrote a file (time), not its content.
