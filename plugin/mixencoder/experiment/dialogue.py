@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from ..data import kfold_split, read_dstc7, read_ubuntu_v2_eval, read_ubuntu_v2_train, to_qrels_and_candidates
-from ..data.dialogue import ResponseExample
+from ..data.dialogue import ResponseExample, left_truncate_texts
 from ..training import MatchingExample
 from .tasks import Fold, RankingTask, Run, TrainingData
 
@@ -30,29 +30,6 @@ logger = logging.getLogger(__name__)
 
 UBUNTU_MEASURES = ["R@1", "R@2", "R@5", "RR"]
 DSTC7_MEASURES = ["R@1", "R@10", "RR"]
-
-
-def left_truncate_texts(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> list[str]:
-    """Cuts each text from the **left** to ``max_tokens`` tokens, keeping the latest ones.
-
-    The string is cut at a token's character offset, so no text is re-spelt, and the model's
-    (right-)truncating tokenizer then sees the end of the context. A slow tokenizer (no
-    offsets) gets a character cut of ``4 * max_tokens``.
-    """
-    texts = list(texts)
-    if not texts:
-        return []
-    if not tokenizer.is_fast:
-        from ..data import join_context
-
-        return [join_context([t], max_chars=4 * max_tokens) for t in texts]
-    out: list[str] = []
-    for start in range(0, len(texts), 4096):
-        chunk = texts[start : start + 4096]
-        enc = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        for text, offsets in zip(chunk, enc["offset_mapping"]):
-            out.append(text if len(offsets) <= max_tokens else text[offsets[len(offsets) - max_tokens][0] :])
-    return out
 
 
 _TOKEN_RE = re.compile(r"\w+")

@@ -22,7 +22,7 @@ from ..models.registry import load_model
 from ..rerank import Reranker
 from ..store import CandidateStore
 from .cache import Budget, Recipe, build_fresh, store_cached, store_size, train_on_store_cached
-from .dialogue import left_truncate_texts
+from ..data.dialogue import left_truncate_texts
 from .results import Results
 from .systems import FIRST_STAGE, SystemSpec, train_spec
 from .tasks import Fold, RankingTask, Run, TrainingData
