@@ -49,7 +49,11 @@ Protocol:
   float32 rate at a large GEMM for reference.
 * ``bytes_per_candidate``: the store's on-disk bytes per candidate (no dense-search index).
 * ``encode_docs_per_s``: ``encode_candidates`` over ``--build-docs`` passages (batch 32), each
-  round: a store build's encoding work.
+  round: a store build's encoding work, batched by token length (the default);
+  ``encode_docs_per_s_unbucketed`` the same in input order; ``padding_fraction_unbucketed`` /
+  ``padding_fraction_bucketed`` the share of padded token positions either way;
+  ``encode_bound_docs_per_s`` the docs/s the backbone's GEMMs allow at the bucketed batches'
+  shapes, timed alone in the same run.
 * ``--quality``: the stores then cover every DL20 query's BM25 top 100, and each MixEncoder
   variant is compared with its plain system (same name without ``@``), paired per query:
   nDCG@10 reranking DL20's BM25 top 100 from the store, and R@1 over the first
@@ -89,6 +93,7 @@ from mixencoder.data import read_corpus, read_qrels, read_run, read_topics, read
 from mixencoder.evaluation import evaluate_per_query, paired_difference
 from mixencoder.fusion import Fusion
 from mixencoder.models.registry import SYSTEMS, build_system
+from mixencoder.models.text import batch_order, padding_fraction, token_lengths
 
 logger = logging.getLogger("bench_speed")
 
@@ -492,6 +497,12 @@ def print_table(report: dict[str, Any], cross_queries: int, queries: int) -> Non
         a = r["1000"]
         print(f"  {name:<30} interpolate {a['fusion_ms']:.2f} ms ({100 * a['fusion_overhead']:.2f}%), "
               f"rrf {a['rrf_ms']:.2f} ms ({100 * a['rrf_ms'] / a['ms_per_query']:.2f}%)")
+    print("\nstore build (encode_candidates, batch 32): docs/s in input order and with length buckets, the "
+          "backbone's GEMM bound at the bucketed shapes, padding fraction in input order -> bucketed:")
+    for name, r in systems.items():
+        print(f"  {name:<30} {r['encode_docs_per_s_unbucketed']:6.1f} -> {r['encode_docs_per_s']:6.1f} docs/s "
+              f"(bound {r['encode_bound_docs_per_s']:.1f}; {r['encode_docs_per_s'] / r['encode_bound_docs_per_s']:.0%} of it), "
+              f"padding {r['padding_fraction_unbucketed']:.3f} -> {r['padding_fraction_bucketed']:.3f}")
     print(f"\npeak float32 GEMM rate: {report['gemm_gflops']['float32']:.1f} GFLOP/s; 'bound ms' = the system's "
           "GEMMs timed alone at its shapes (float32; torch._int_mm for the linear layers of @int8); "
           "'x bound' = measured / bound")
@@ -649,10 +660,12 @@ def main(argv: list[str] | None = None) -> int:
                 result = time_system(name, model, store, timed, lists, warmup=min(args.warmup, len(timed)),
                                      timer=GemmTimer(), score_fn=score_fn)
                 result["encode_docs_per_s"] = encode_rate(model, build_sample)
+                result["encode_docs_per_s_unbucketed"] = encode_rate(model, build_sample, bucket_by_length=False)
                 rounds[name].append(result)
         for name, (model, _, store) in loaded.items():
             result = merge_rounds(rounds[name], rounds.get(REFERENCE_PATH))
             result["bytes_per_candidate"] = store.bytes_per_candidate(include_search_index=False)
+            result.update(build_bound(name, model, build_sample, timer))
             result["store_dtype"] = store.dtype
             report["systems"][name] = result
         if args.quality:
@@ -683,7 +696,8 @@ def merge_rounds(rounds: list[dict[str, Any]], reference: list[dict[str, Any]] |
     ``speedup_vs_reference`` the median over rounds of the reference's ms over this system's
     ms in the same round (``None`` without the reference path in the run)."""
     result = dict(rounds[-1])
-    result["encode_docs_per_s"] = statistics.median(r["encode_docs_per_s"] for r in rounds)
+    for key in ("encode_docs_per_s", "encode_docs_per_s_unbucketed"):
+        result[key] = statistics.median(r[key] for r in rounds)
     for n in map(str, SIZES):
         per = dict(rounds[-1][n])
         per["ms_per_query_rounds"] = [r[n]["ms_per_query"] for r in rounds]
@@ -697,12 +711,33 @@ def merge_rounds(rounds: list[dict[str, Any]], reference: list[dict[str, Any]] |
     return result
 
 
-def encode_rate(model: Any, texts: list[str]) -> float:
+def encode_rate(model: Any, texts: list[str], *, bucket_by_length: bool = True) -> float:
     """Candidates encoded per second by ``encode_candidates`` (a store build's work without the
-    writes), batch 32."""
+    writes), batch 32, batched by token length (the default) or in input order."""
     start = time.perf_counter()
-    model.encode_candidates(texts, batch_size=32, show_progress_bar=False)
+    model.encode_candidates(texts, batch_size=32, show_progress_bar=False, bucket_by_length=bucket_by_length)
     return len(texts) / (time.perf_counter() - start)
+
+
+def build_bound(name: str, model: Any, texts: list[str], timer: GemmTimer) -> dict[str, float]:
+    """A store build's padding and its FLOP bound over ``texts`` (batch 32): the padding
+    fraction in input order and with length buckets, and the docs/s the backbone's GEMMs allow
+    at the bucketed batches' shapes (timed alone in this run; int8 for ``@int8``)."""
+    budget = model.candidate_max_length
+    lengths = token_lengths(model.tokenizer, texts, budget)
+    order = batch_order(lengths, bucketed=True)
+    bc = model.backbone.config
+    gemms = []
+    for start in range(0, len(texts), 32):
+        batch = [lengths[i] for i in order[start : start + 32]]
+        gemms += [g for _ in range(bc.num_hidden_layers)
+                  for g in _bert_layer(len(batch), max(batch), bc.hidden_size, bc.intermediate_size, bc.num_attention_heads)]
+    seconds = timer.total(gemms, int8_linears="int8" in split_variant(name)[1])
+    return {
+        "padding_fraction_unbucketed": padding_fraction(lengths, 32, bucketed=False),
+        "padding_fraction_bucketed": padding_fraction(lengths, 32, bucketed=True),
+        "encode_bound_docs_per_s": len(texts) / seconds if seconds else float("nan"),
+    }
 
 
 def quality_deltas(

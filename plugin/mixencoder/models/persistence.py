@@ -205,12 +205,15 @@ def load_weights(model: nn.Module, weights: Path) -> None:
         state = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{weights} is not a readable safetensors file: {e}") from e
+    load_state_exactly(model, state, f"{weights} does not match its config.json")
+
+
+def load_state_exactly(model: nn.Module, state: dict[str, Any], mismatch: str) -> None:
+    """``model.load_state_dict(state)`` where every name must match; else ``ValueError`` that
+    starts with ``mismatch`` and names the first missing and unexpected tensors."""
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(
-            f"{weights} does not match its config.json: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
+        raise ValueError(f"{mismatch}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 # ---------------------------------------------------------------------- fingerprint

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..models.base import RankingModel
+from ..models.persistence import load_state_exactly
 from .config import TrainingConfig
 
 logger = logging.getLogger(__name__)
@@ -251,11 +252,7 @@ def load_checkpoint(
         rng_tensors = load_file(str(path / "rng.safetensors"))
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{path} holds an unreadable safetensors file: {e}") from e
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+    load_state_exactly(model, weights, f"{path} does not match the model")
     _restore_optimizer(optimizer, param_names, opt_tensors, data["optimizer"]["scalars"])
     _restore_rng(rng_tensors, data["rng"])
     return TrainerState(
