@@ -92,6 +92,7 @@ from mixencoder import CandidateReps, CandidateStore
 from mixencoder.data import read_corpus, read_qrels, read_run, read_topics, read_ubuntu_v2_eval, sorted_hits, to_qrels_and_candidates
 from mixencoder.evaluation import evaluate_per_query, paired_difference
 from mixencoder.fusion import Fusion
+from mixencoder.models import load_model
 from mixencoder.models.registry import SYSTEMS, build_system
 from mixencoder.models.text import batch_order, padding_fraction, token_lengths
 
@@ -475,7 +476,7 @@ def print_table(report: dict[str, Any], cross_queries: int, queries: int) -> Non
         return f"{x:.2f}x" if x is not None else "-"
 
     def dq(name: str, measure: str) -> str:
-        if name not in quality:
+        if name not in quality or measure not in quality[name]:
             return "-"
         q = quality[name][measure]
         return f"{q['delta']:+.4f}({q['se']:.4f})"
@@ -532,10 +533,13 @@ def parse_systems(text: str) -> list[str]:
     return names
 
 
-def build_variant(name: str, backbone: str | None) -> tuple[Any, Callable[[Any, Any], torch.Tensor] | None]:
-    """The model of system ``name`` (variant options applied) and, for ``batched``, its score function."""
+def build_variant(
+    name: str, backbone: str | None, trained: Path | None = None
+) -> tuple[Any, Callable[[Any, Any], torch.Tensor] | None]:
+    """The model of system ``name`` (variant options applied) and, for ``batched``, its score
+    function; MixEncoder systems load the saved ``trained`` model instead when it is given."""
     base, options = split_variant(name)
-    model = build_system(base, backbone)
+    model = load_model(trained) if trained is not None and base.startswith("mixencoder") else build_system(base, backbone)
     if options - {"batched"}:
         model = model.with_inference_options(
             candidate_layout="precomputed" if "precomputed" in options else None,
@@ -623,6 +627,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="also measure each MixEncoder variant's nDCG@10 (DL20) and R@1 (Ubuntu-IRC valid) change")
     p.add_argument("--ubuntu-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/ubuntu/v2")
     p.add_argument("--ubuntu-examples", type=int, default=500, help="Ubuntu-IRC valid examples for --quality")
+    p.add_argument("--quality-tasks", nargs="+", choices=("dl20", "ubuntu"), default=["dl20", "ubuntu"],
+                   help="what --quality measures (default both)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="a saved (trained) MixEncoder that the mixencoder-* systems load instead of a fresh model")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     for noisy in ("transformers", "mixencoder"):
@@ -634,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.queries < 1 or args.cross_queries < 1 or args.rounds < 1:
         raise SystemExit("--queries, --cross-queries and --rounds must be >= 1")
 
-    queries, lists, texts = load_candidates(args.data_dir, args.queries, every_top100=args.quality)
+    queries, lists, texts = load_candidates(args.data_dir, args.queries, every_top100=args.quality and "dl20" in args.quality_tasks)
     logger.info("%d queries, %d distinct passages", len(queries), len(texts))
     tmp = tempfile.TemporaryDirectory(prefix="bench-speed-") if args.no_cache else None
     cache = Path(tmp.name) if tmp else args.cache
@@ -644,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         loaded = {}
         for name in systems:
-            model, score_fn = build_variant(name, args.backbone)
+            model, score_fn = build_variant(name, args.backbone, args.model)
             store = store_for(model, texts, cache, with_pooled=model.needs_pooled, batch_size=args.batch_size,
                               options=split_variant(name)[1])
             loaded[name] = (model, score_fn, store)
@@ -749,21 +757,23 @@ def quality_deltas(
     examples = list(itertools.islice(read_ubuntu_v2_eval(args.ubuntu_dir / "valid.csv"), args.ubuntu_examples))
     per_query: dict[str, dict[str, dict[str, float]]] = {}
     embeddings: dict[str, Any] = {}
-    out: dict[str, Any] = {"model": "untrained (zero-shot) " + (args.backbone or "all-MiniLM-L6-v2"),
-                           "ubuntu_examples": len(examples), "systems": {}}
+    tasks = set(args.quality_tasks)
+    described = f"trained: {args.model}" if args.model else "untrained (zero-shot) " + (args.backbone or "all-MiniLM-L6-v2")
+    out: dict[str, Any] = {"model": described, "ubuntu_examples": len(examples) if "ubuntu" in tasks else 0, "systems": {}}
 
     def measured(name: str) -> dict[str, dict[str, float]]:
         if name not in per_query:
             if name in loaded:
                 model, _, store = loaded[name]
             else:  # the plain system a variant is compared with, when the run left it out
-                model = build_variant(name, args.backbone)[0]
+                model = build_variant(name, args.backbone, args.model)[0]
                 store = store_for(model, texts, cache, with_pooled=model.needs_pooled, batch_size=args.batch_size)
             logger.info("quality of %s", name)
-            per_query[name] = {
-                "nDCG@10": dl20_per_query(model, store, args.data_dir),
-                "R@1": ubuntu_per_query(model, split_variant(name)[1], examples, embeddings),
-            }
+            per_query[name] = {}
+            if "dl20" in tasks:
+                per_query[name]["nDCG@10"] = dl20_per_query(model, store, args.data_dir)
+            if "ubuntu" in tasks:
+                per_query[name]["R@1"] = ubuntu_per_query(model, split_variant(name)[1], examples, embeddings)
         return per_query[name]
 
     for name in loaded:
@@ -772,7 +782,7 @@ def quality_deltas(
             continue
         ours, theirs = measured(name), measured(base)
         row: dict[str, Any] = {"reference": base}
-        for measure in ("nDCG@10", "R@1"):
+        for measure in ours:
             delta, se, n = paired_difference(ours[measure], theirs[measure])
             row[measure] = {"value": statistics.mean(ours[measure].values()),
                             "reference_value": statistics.mean(theirs[measure].values()),
