@@ -254,3 +254,31 @@ def test_train_on_dialogue_contexts_cut_from_the_left(tiny_backbone_dir, shared_
                        "--out", str(out), *LENGTH_FLAGS, "--batch-size", "2", "--max-steps", "1",
                        "--device", "cpu", "--log-level", "WARNING"]) == 0
     assert load_model(out / "final").config.query_max_length == 24
+
+
+# ---------------------------------------------------------------------- inference options
+
+
+def test_int8_store_and_rerank_go_together(work, tmp_path, capsys):
+    out = tmp_path / "store-int8"
+    assert mixencoder(["store", "build", "--corpus", str(work["corpus"]), "--out", str(out),
+                       "--model", str(work["models"]["mixencoder"]), "--quantization", "int8", "--batch-size", "16"]) == 0
+    capsys.readouterr()
+    common = ["--run", str(work["run"]), "--topics", str(work["topics"]), "--store", str(out),
+              "--model", str(work["models"]["mixencoder"])]
+    # The float32 model refuses the int8 store (the fingerprint records the quantization) ...
+    assert mixencoder(["rerank", *common, "--output", str(tmp_path / "f32.trec")]) == 2
+    assert "different model" in capsys.readouterr().err
+    # ... and the int8 one ranks what the library's int8 model ranks.
+    assert mixencoder(["rerank", *common, "--quantization", "int8", "--output", str(tmp_path / "int8.trec")]) == 0
+    model = load_model(work["models"]["mixencoder"]).with_inference_options(quantization="int8")
+    expected = Reranker(model, CandidateStore.open(out, model=model)).rerank_run(read_run(work["run"]), read_topics(work["topics"]))
+    write_run(expected, tmp_path / "expected.trec", tag="mixencoder")
+    assert (tmp_path / "int8.trec").read_bytes() == (tmp_path / "expected.trec").read_bytes()
+
+
+def test_inference_options_are_refused_by_a_model_without_them(work, tmp_path, capsys):
+    assert mixencoder(["store", "build", "--corpus", str(work["corpus"]), "--out", str(tmp_path / "s"),
+                       "--model", str(work["models"]["dual"]), "--quantization", "int8"]) == 2
+    assert "BiEncoder has no candidate layouts or quantization" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

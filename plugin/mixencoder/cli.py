@@ -31,18 +31,37 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 DEFAULT_MODEL_TYPE = "mixencoder"
 
 
-def load_model_flag(model: str | os.PathLike | None, model_type: str | None = None, **config: Any) -> Any:
+def load_model_flag(
+    model: str | os.PathLike | None,
+    model_type: str | None = None,
+    *,
+    candidate_layout: str | None = None,
+    quantization: str | None = None,
+    **config: Any,
+) -> Any:
     """The model a ``--model`` flag names: a saved model of any kind (its ``config.json`` says
-    which), or a fresh ``model_type`` (default :data:`DEFAULT_MODEL_TYPE`) on a backbone.
+    which), or a fresh ``model_type`` (default :data:`DEFAULT_MODEL_TYPE`) on a backbone; then
+    ``candidate_layout`` / ``quantization`` (see :func:`add_inference_flags`) if given.
 
     ``model_type`` given with a saved model must match it; ``config`` fields apply to a fresh model.
-    Raises ``ValueError`` (from :func:`mixencoder.models.load_model`) on a mismatch.
+    Raises ``ValueError`` (from :func:`mixencoder.models.load_model`) on a mismatch, or for an
+    inference option the model does not have.
     """
     from .models import load_model
 
     if model_type is None and not is_saved_model_dir(model):
         model_type = DEFAULT_MODEL_TYPE
-    return load_model(model, model_type=model_type, **config)
+    loaded = load_model(model, model_type=model_type, **config)
+    return loaded.with_inference_options(candidate_layout=candidate_layout, quantization=quantization)
+
+
+def add_inference_flags(parser: Any) -> None:
+    """``--quantization`` and ``--candidate-layout``: how a MixEncoder scores and what its store
+    holds. Both enter the candidate fingerprint, so a store and the model serving it must agree."""
+    parser.add_argument("--quantization", choices=("none", "int8"), default=None,
+                        help="int8: int8 linear layers on CPU (~1.8x faster scoring); the store must be built with it too")
+    parser.add_argument("--candidate-layout", choices=("embeddings", "precomputed"), default=None,
+                        help="precomputed: the store also holds the first interaction layer's projections (3x bytes)")
 
 
 def is_saved_model_dir(path: str | os.PathLike | None) -> bool:

@@ -354,6 +354,8 @@ def _pad_to(vectors: torch.Tensor, m: int) -> torch.Tensor:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .cli import add_inference_flags  # cli imports this module's main lazily; no circle
+
     p = argparse.ArgumentParser(
         prog="mixencoder rerank",
         description="Rerank a TREC or MS MARCO run file with a model and its candidate store.",
@@ -362,6 +364,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--topics", required=True, type=Path, help="queries (MS MARCO tsv or TREC topics)")
     p.add_argument("--output", required=True, type=Path, help="where to write the reranked run")
     p.add_argument("--model", default=None, help="saved model directory (any kind) or a backbone for a fresh MixEncoder (default: bundled MiniLM)")
+    add_inference_flags(p)
     p.add_argument("--store", type=Path, default=None, help="candidate store built by the same model")
     p.add_argument("--index", type=Path, default=None, help="Lucene index with raw docs, for candidates missing from the store")
     p.add_argument("--collection", type=Path, default=None, help="corpus file, for candidates missing from the store")
@@ -427,7 +430,7 @@ def _rerank_run_file(args: argparse.Namespace, fusion: Fusion | None) -> None:
         doc_source = BM25Searcher(args.index)
     elif args.collection is not None:
         doc_source = {d.docid: d.text for d in read_corpus(args.collection)}
-    reranker = Reranker(load_model_flag(args.model), store, doc_source, batch_size=args.batch_size, fusion=fusion)
+    reranker = Reranker(load_model_flag(args.model, candidate_layout=args.candidate_layout, quantization=args.quantization), store, doc_source, batch_size=args.batch_size, fusion=fusion)
     start = time.perf_counter()
     reranked = reranker.rerank_run(run, topics, depth=args.depth)
     seconds = time.perf_counter() - start

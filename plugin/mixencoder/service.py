@@ -584,6 +584,8 @@ def create_app(service: RerankService) -> FastAPI:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .cli import add_inference_flags
+
     d = ServiceLimits()
     p = argparse.ArgumentParser(
         prog="mixencoder serve",
@@ -591,6 +593,7 @@ def _parser() -> argparse.ArgumentParser:
         "/store/rerank over a candidate store, /health, /metrics.",
     )
     p.add_argument("--model", default=None, help="saved model directory (any registered type) or a backbone for a fresh MixEncoder (default: bundled MiniLM)")
+    add_inference_flags(p)
     p.add_argument("--store", type=Path, default=None, help="candidate store built by the same model (enables /store/rerank)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080)
@@ -610,11 +613,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_service_model(model: str | None) -> Any:
-    """A saved model of any registered type, or a fresh MixEncoder on a backbone (None: bundled)."""
+def load_service_model(model: str | None, **inference_options: Any) -> Any:
+    """A saved model of any registered type, or a fresh MixEncoder on a backbone (None: bundled),
+    with ``candidate_layout``/``quantization`` if given."""
     from .cli import load_model_flag  # the one reading of a --model flag
 
-    return load_model_flag(model)
+    return load_model_flag(model, **inference_options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -629,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     limits = ServiceLimits(args.max_documents, args.max_document_chars, args.max_query_chars, args.max_body_bytes)
     fusion = fusion_from_args(args.fusion, args.alpha, args.rrf_k)  # the run-file CLI's rules
-    model = load_service_model(args.model)
+    model = load_service_model(args.model, candidate_layout=args.candidate_layout, quantization=args.quantization)
     store = None
     if args.store is not None:
         from .store import CandidateStore

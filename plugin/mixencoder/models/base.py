@@ -477,6 +477,20 @@ class RankingModel(nn.Module):
 
     # ------------------------------------------------------------------ sentence-transformers API
 
+    def with_inference_options(self, *, candidate_layout: str | None = None, quantization: str | None = None) -> Any:
+        """This model with another candidate layout and/or quantization (``None`` keeps its own);
+        only MixEncoder has options (``"precomputed"``, ``"int8"``), so another model refuses any.
+
+        Raises:
+            ValueError: an option given to a model without it.
+        """
+        if candidate_layout is None and quantization is None:
+            return self
+        raise ValueError(
+            f"{type(self).__name__} has no candidate layouts or quantization "
+            f"(asked candidate_layout={candidate_layout!r}, quantization={quantization!r}); only MixEncoder has them"
+        )
+
     def rank(
         self,
         query: str,

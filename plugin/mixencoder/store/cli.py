@@ -27,7 +27,7 @@ import json
 import logging
 import sys
 
-from mixencoder.cli import INPUT_ERRORS, load_model_flag, report_input_error
+from mixencoder.cli import INPUT_ERRORS, add_inference_flags, load_model_flag, report_input_error
 
 from .compare import DEFAULT_ATOL
 
@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--corpus", required=True, help="corpus file or directory")
     build.add_argument("--out", required=True, help="store directory")
     build.add_argument("--model", default=None, help="saved model directory (any kind) or a backbone for a fresh MixEncoder (default: bundled MiniLM)")
+    add_inference_flags(build)
     build.add_argument("--mode", choices=["create", "overwrite", "resume"], default="create")
     build.add_argument("--batch-size", type=int, default=32)
     build.add_argument("--shard-size", type=int, default=10_000)
@@ -105,7 +106,7 @@ def _build(args: argparse.Namespace) -> int:
         from .candidate_store import CandidateStore
 
         store = CandidateStore.build(
-            args.out, load_model_flag(args.model), read_corpus(args.corpus), batch_size=args.batch_size,
+            args.out, load_model_flag(args.model, candidate_layout=args.candidate_layout, quantization=args.quantization), read_corpus(args.corpus), batch_size=args.batch_size,
             mode=args.mode, shard_size=args.shard_size, dtype=args.dtype,
         )
     stats = {
