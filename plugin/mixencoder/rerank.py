@@ -241,8 +241,6 @@ class Reranker:
             except KeyError:
                 pass  # some are not: find which, and encode those from their text
         missing = docids if self.store is None else self.store.missing(docids)
-        if not missing:
-            return self.store.gather(docids)
         text_of = self._texts_for(missing, docids, texts)
         encoded = self.model.encode_candidates(
             [text_of[d] for d in missing], batch_size=self.batch_size, show_progress_bar=False
