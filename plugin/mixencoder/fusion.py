@@ -193,6 +193,40 @@ def fit_fusion(
     return Fusion("interpolate", alpha=best), curve
 
 
+def cross_fit_alphas(
+    neural: Run,
+    first_stage: Run,
+    qrels: Mapping[str, Mapping[str, int]],
+    folds: Sequence[Sequence[str]],
+    *,
+    measure: str = "nDCG@10",
+    alphas: Sequence[float] = ALPHA_GRID,
+) -> list[float]:
+    """Each fold's interpolation ``alpha``, fitted on the other folds' queries only.
+
+    ``folds`` partitions the evaluated queries (e.g. the folds of a cross-validation).
+    """
+    if len(folds) < 2:
+        raise ValueError(f"cross_fit_fusion needs at least 2 folds, got {len(folds)}")
+    chosen: list[float] = []
+    for i in range(len(folds)):
+        train_qids = [q for j, fold in enumerate(folds) if j != i for q in fold]
+        fusion, _ = fit_fusion(neural, first_stage, qrels, train_qids, measure=measure, alphas=alphas)
+        chosen.append(fusion.alpha)
+    return chosen
+
+
+def fuse_folds(neural: Run, first_stage: Run, folds: Sequence[Sequence[str]], fold_alphas: Sequence[float]) -> Run:
+    """Each fold's queries interpolated with that fold's alpha (queries without a run skipped)."""
+    fused: dict[str, dict[str, float]] = {}
+    for alpha, fold in zip(fold_alphas, folds):
+        fusion = Fusion("interpolate", alpha=alpha)
+        for q in fold:
+            if q in neural:
+                fused[q] = fusion.fuse(neural[q], first_stage.get(q, {}))
+    return fused
+
+
 def cross_fit_fusion(
     neural: Run,
     first_stage: Run,
@@ -207,15 +241,5 @@ def cross_fit_fusion(
     ``folds`` partitions the evaluated queries (e.g. the folds of a cross-validation). Returns
     the fused run over every query of the folds and the alpha used for each fold.
     """
-    if len(folds) < 2:
-        raise ValueError(f"cross_fit_fusion needs at least 2 folds, got {len(folds)}")
-    fused: dict[str, dict[str, float]] = {}
-    chosen: list[float] = []
-    for i, held_out in enumerate(folds):
-        train_qids = [q for j, fold in enumerate(folds) if j != i for q in fold]
-        fusion, _ = fit_fusion(neural, first_stage, qrels, train_qids, measure=measure, alphas=alphas)
-        chosen.append(fusion.alpha)
-        for q in held_out:
-            if q in neural:
-                fused[q] = fusion.fuse(neural[q], first_stage.get(q, {}))
-    return fused, chosen
+    chosen = cross_fit_alphas(neural, first_stage, qrels, folds, measure=measure, alphas=alphas)
+    return fuse_folds(neural, first_stage, folds, chosen), chosen

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from ..data import write_run
 from ..data.corpus import atomic_write
 from ..evaluation import evaluate_per_query, paired_difference
-from ..fusion import Fusion, cross_fit_fusion, fit_fusion
+from ..fusion import Fusion, cross_fit_alphas, fit_fusion, fuse_folds
 
 logger = logging.getLogger(__name__)
 
@@ -88,13 +88,10 @@ class Results:
         for system in [s for s in list(self.runs) if s != first_stage and "+" not in s]:
             run = self.runs[system]
             start = time.perf_counter()
-            fused, alphas = cross_fit_fusion(run, first, self.qrels, folds, measure=measure)
+            alphas = cross_fit_alphas(run, first, self.qrels, folds, measure=measure)
             fit_s = time.perf_counter() - start
-            start = time.perf_counter()
-            for fold_alpha, fold in zip(alphas, folds):  # time the fusion alone, as a user pays it
-                for q in fold:
-                    if q in run:
-                        Fusion("interpolate", alpha=fold_alpha).fuse(run[q], first.get(q, {}))
+            start = time.perf_counter()  # the fusion alone, as a user pays it
+            fused = fuse_folds(run, first, folds, alphas)
             fuse_ms = 1000 * (time.perf_counter() - start) / max(len(run), 1)
             rrf = Fusion("rrf", rrf_k=rrf_k)
             start = time.perf_counter()
