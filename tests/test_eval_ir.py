@@ -147,27 +147,25 @@ def test_run_trec_cv_smoke(shared_data: Path, tiny_backbone_dir: Path, tmp_path:
 def test_run_msmarco_trains_baselines(shared_data: Path, tiny_backbone_dir: Path, tmp_path: Path) -> None:
     """The paper's baselines train on the same folds and rerank through the same stage."""
 
-    out = tmp_path / "out"
     systems = ["dual", "cross", "poly-64"]
-    run_eval("msmarco", [
-        "--data-dir", str(shared_data / "msmarco" / "dl20"), "--limit-queries", "4", "--depth", "10",
-        "--folds", "2", "--budget", "2steps", "--backbone", str(tiny_backbone_dir), *TINY,
-        "--out", str(out), "--cache", str(tmp_path / "cache"), "--systems", "bm25", *systems,
-    ])
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == set(with_fused(["bm25", *systems]))
-    notes = json.loads((out / "notes.json").read_text())
-    assert set(notes["training"]) == set(systems)
+    metrics, _ = _train_two_folds_of_four_queries(shared_data, tiny_backbone_dir, tmp_path, systems)
     for system in systems:
-        lines = [line for line in (out / "runs" / f"{system}.trec").read_text().split("\n") if line]
-        assert len(lines) == 4 * 10
         assert metrics[system]["R(rel=2)@1000"] == pytest.approx(metrics["bm25"]["R(rel=2)@1000"])
 
 
 def test_run_msmarco_frozen_store_systems(shared_data, tiny_backbone_dir, tmp_path):
 
-    out = tmp_path / "out"
     systems = ["dual-frozen", "mixencoder-frozen", "mixencoder-frozen-fusionloss"]
+    metrics, notes = _train_two_folds_of_four_queries(shared_data, tiny_backbone_dir, tmp_path, systems)
+    for system in systems:
+        assert metrics[system]["train_s_per_step"] > 0
+        assert all(info["steps"] == 1 for info in notes["training"][system].values())
+
+
+def _train_two_folds_of_four_queries(shared_data: Path, tiny_backbone_dir: Path, tmp_path: Path, systems: list[str]):
+    """``run_msmarco`` on 4 DL20 queries x 10 candidates, 2 folds, 2 training steps, BM25 plus
+    ``systems``; checks what every such run must hold and returns ``(metrics, notes)``."""
+    out = tmp_path / "out"
     run_eval("msmarco", [
         "--data-dir", str(shared_data / "msmarco" / "dl20"), "--limit-queries", "4", "--depth", "10",
         "--folds", "2", "--budget", "2steps", "--backbone", str(tiny_backbone_dir), *TINY,
@@ -178,10 +176,9 @@ def test_run_msmarco_frozen_store_systems(shared_data, tiny_backbone_dir, tmp_pa
     notes = json.loads((out / "notes.json").read_text())
     assert set(notes["training"]) == set(systems)
     for system in systems:
-        assert metrics[system]["train_s_per_step"] > 0
-        assert all(info["steps"] == 1 for info in notes["training"][system].values())
         lines = [line for line in (out / "runs" / f"{system}.trec").read_text().split("\n") if line]
         assert len(lines) == 4 * 10
+    return metrics, notes
 
 
 def test_run_msmarco_trains_on_another_judged_folder(shared_data: Path, tiny_backbone_dir: Path, tmp_path: Path) -> None:

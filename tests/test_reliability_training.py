@@ -246,6 +246,17 @@ def _chosen_points(straight, full: bool) -> list[tuple[int, int | None]]:
     return [(k, 1) for k in sorted(picked)]
 
 
+def _train_with_disk_full(model_dir, out, k: int, raises: type[BaseException]):
+    """Train into ``out`` with the ``k``-th write call failing as a full disk; the run must
+    raise ``raises``. Returns the injector (its recorded calls) and the ``pytest.raises`` info."""
+    injector = DiskFull(out, k)
+    with pytest.MonkeyPatch.context() as m:
+        injector.install(m)
+        with pytest.raises(raises) as info:
+            train(MixEncoder.from_pretrained(model_dir), train_set(), train_config(), output_dir=out)
+    return injector, info
+
+
 @pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_enospc_during_training_checkpoint_saves(model_dir, straight, tmp_path, full) -> None:
     calls = straight["calls"]
@@ -254,12 +265,7 @@ def test_enospc_during_training_checkpoint_saves(model_dir, straight, tmp_path, 
     assert set(FAST_KINDS) <= kinds, kinds  # every kind of write call is failed at least once
     for k, survivor in points:
         out = tmp_path / f"fail{k}"
-        injector = DiskFull(out, k)
-        with pytest.MonkeyPatch.context() as m:
-            injector.install(m)
-            with pytest.raises(OSError) as info:
-                train(MixEncoder.from_pretrained(model_dir), train_set(), train_config(),
-                      output_dir=out)
+        injector, info = _train_with_disk_full(model_dir, out, k, OSError)
         where = f"call {k} ({calls[k - 1][0]} {_shape(calls[k - 1], straight['out'])})"
         # The very call the count run made (the runs are deterministic).
         assert _shape(injector.calls[-1], out) == _shape(calls[k - 1], straight["out"]), where
@@ -299,12 +305,7 @@ def test_enospc_during_the_final_model_save(model_dir, straight, tmp_path) -> No
     gaps = []
     for k in _points(calls, finals):
         out = tmp_path / f"fail{k}"
-        injector = DiskFull(out, k)
-        with pytest.MonkeyPatch.context() as m:
-            injector.install(m)
-            with pytest.raises(Exception) as info:
-                train(MixEncoder.from_pretrained(model_dir), train_set(), train_config(),
-                      output_dir=out)
+        _, info = _train_with_disk_full(model_dir, out, k, Exception)
         where = _shape(calls[k - 1], base)
         state = json.loads((out / CHECKPOINT_NAME / "trainer_state.json").read_text())
         assert state["global_step"] == STEPS, where
