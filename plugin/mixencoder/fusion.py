@@ -207,7 +207,7 @@ def cross_fit_alphas(
     ``folds`` partitions the evaluated queries (e.g. the folds of a cross-validation).
     """
     if len(folds) < 2:
-        raise ValueError(f"cross_fit_fusion needs at least 2 folds, got {len(folds)}")
+        raise ValueError(f"cross-fitting needs at least 2 folds, got {len(folds)}")
     chosen: list[float] = []
     for i in range(len(folds)):
         train_qids = [q for j, fold in enumerate(folds) if j != i for q in fold]
@@ -228,18 +228,11 @@ def fuse_folds(neural: Run, first_stage: Run, folds: Sequence[Sequence[str]], fo
 
 
 def cross_fit_fusion(
-    neural: Run,
-    first_stage: Run,
-    qrels: Mapping[str, Mapping[str, int]],
-    folds: Sequence[Sequence[str]],
-    *,
-    measure: str = "nDCG@10",
-    alphas: Sequence[float] = ALPHA_GRID,
+    neural: Run, first_stage: Run, qrels: Mapping[str, Mapping[str, int]], folds: Sequence[Sequence[str]], **fit: Any
 ) -> tuple[dict[str, dict[str, float]], list[float]]:
-    """Fuse each fold's queries with the ``alpha`` fitted on the other folds' queries.
-
-    ``folds`` partitions the evaluated queries (e.g. the folds of a cross-validation). Returns
-    the fused run over every query of the folds and the alpha used for each fold.
+    """Fuse each fold's queries with the ``alpha`` fitted on the other folds' queries
+    (:func:`cross_fit_alphas`, which takes ``fit``'s ``measure`` and ``alphas``, then
+    :func:`fuse_folds`). Returns the fused run over every query of the folds and each fold's alpha.
     """
-    chosen = cross_fit_alphas(neural, first_stage, qrels, folds, measure=measure, alphas=alphas)
+    chosen = cross_fit_alphas(neural, first_stage, qrels, folds, **fit)
     return fuse_folds(neural, first_stage, folds, chosen), chosen
